@@ -1,0 +1,128 @@
+"""Process settings: one pydantic-settings class, read from the environment and `.env`.
+
+Built lazily (`get_settings()`), never at import time, so tests and the CLI can construct their own.
+Production mode refuses placeholder or missing secrets at start-up and names the variable; dev mode
+falls back to the well-known `livekit-server --dev` pair and a clearly-marked dev signing secret.
+"""
+
+from __future__ import annotations
+
+import functools
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EXAMPLE_CATALOG = Path(__file__).resolve().parent.parent / "catalog" / "examples"
+
+DEV_LIVEKIT_API_KEY = "devkey"
+DEV_LIVEKIT_API_SECRET = "secret"
+# Marked so that nobody mistakes it for a real secret; refused outside dev mode.
+DEV_DISPATCH_SIGNING_SECRET = "dev-only-insecure-dispatch-signing-secret-do-not-use-in-production"
+
+# Values that mean "somebody copied .env.example and forgot to fill it in".
+_PLACEHOLDERS = {"", "changeme", "change-me", "changethis", "secret", "devkey", "xxx", "todo", "placeholder"}
+_MIN_SIGNING_SECRET_LEN = 32
+
+
+class Mode(StrEnum):
+    DEV = "dev"
+    PRODUCTION = "production"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or unusable; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    mode: Mode = Field(Mode.PRODUCTION, validation_alias="VOICE_WORKER_MODE")
+    agent_name: str = Field("voice-worker", min_length=1, validation_alias="AGENT_NAME")
+
+    livekit_url: str = Field("ws://localhost:7880", validation_alias="LIVEKIT_URL")
+    livekit_api_key: SecretStr | None = Field(None, validation_alias="LIVEKIT_API_KEY")
+    livekit_api_secret: SecretStr | None = Field(None, validation_alias="LIVEKIT_API_SECRET")
+
+    dispatch_signing_secret: SecretStr | None = Field(None, validation_alias="DISPATCH_SIGNING_SECRET")
+    dispatch_issuer: str = Field("voice-worker-door", validation_alias="DISPATCH_ISSUER")
+
+    catalog_path: Path = Field(EXAMPLE_CATALOG, validation_alias="CATALOG_PATH")
+
+    openai_api_key: SecretStr | None = Field(None, validation_alias="OPENAI_API_KEY")
+    deepgram_api_key: SecretStr | None = Field(None, validation_alias="DEEPGRAM_API_KEY")
+    # Self-hosted OpenAI-compatible servers usually accept any key; operators may still set one.
+    openai_compatible_api_key: SecretStr | None = Field(None, validation_alias="OPENAI_COMPATIBLE_API_KEY")
+
+    health_port: int = Field(8081, ge=0, le=65535, validation_alias="HEALTH_PORT")
+    health_host: str = Field("0.0.0.0", validation_alias="HEALTH_HOST")
+
+    @model_validator(mode="after")
+    def _fill_dev_defaults(self) -> Settings:
+        if self.mode is Mode.DEV:
+            if self.livekit_api_key is None:
+                self.livekit_api_key = SecretStr(DEV_LIVEKIT_API_KEY)
+            if self.livekit_api_secret is None:
+                self.livekit_api_secret = SecretStr(DEV_LIVEKIT_API_SECRET)
+            if self.dispatch_signing_secret is None:
+                self.dispatch_signing_secret = SecretStr(DEV_DISPATCH_SIGNING_SECRET)
+        return self
+
+    @property
+    def is_dev(self) -> bool:
+        return self.mode is Mode.DEV
+
+    def require_production_secrets(self) -> None:
+        """Fail fast: raise SettingsError naming the first unusable secret (never its value)."""
+        if self.is_dev:
+            return
+        problems: list[str] = []
+        for env, value in (
+            ("LIVEKIT_API_KEY", self.livekit_api_key),
+            ("LIVEKIT_API_SECRET", self.livekit_api_secret),
+            ("DISPATCH_SIGNING_SECRET", self.dispatch_signing_secret),
+        ):
+            if value is None or value.get_secret_value().strip().lower() in _PLACEHOLDERS:
+                problems.append(f"{env} is missing or a placeholder; set it to the real value")
+        signing = self.dispatch_signing_secret.get_secret_value() if self.dispatch_signing_secret else ""
+        if signing == DEV_DISPATCH_SIGNING_SECRET:
+            problems.append("DISPATCH_SIGNING_SECRET is the dev-only default; generate a real one")
+        elif signing and len(signing) < _MIN_SIGNING_SECRET_LEN:
+            problems.append(f"DISPATCH_SIGNING_SECRET is shorter than {_MIN_SIGNING_SECRET_LEN} characters")
+        if (
+            signing
+            and self.livekit_api_secret is not None
+            and signing == self.livekit_api_secret.get_secret_value()
+        ):
+            problems.append(
+                "DISPATCH_SIGNING_SECRET equals LIVEKIT_API_SECRET; use a distinct secret so a leaked "
+                "LiveKit secret cannot forge dispatches"
+            )
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    def signing_secret(self) -> str:
+        if self.dispatch_signing_secret is None:
+            raise SettingsError("DISPATCH_SIGNING_SECRET is not set (required outside dev mode)")
+        return self.dispatch_signing_secret.get_secret_value()
+
+    def livekit_credentials(self) -> tuple[str, str]:
+        if self.livekit_api_key is None or self.livekit_api_secret is None:
+            missing = "LIVEKIT_API_KEY" if self.livekit_api_key is None else "LIVEKIT_API_SECRET"
+            raise SettingsError(f"{missing} is not set (required outside dev mode)")
+        return self.livekit_api_key.get_secret_value(), self.livekit_api_secret.get_secret_value()
+
+    def provider_api_key(self, env_name: str) -> str | None:
+        """The key for a provider, by the environment variable that names it."""
+        field = {
+            "OPENAI_API_KEY": self.openai_api_key,
+            "DEEPGRAM_API_KEY": self.deepgram_api_key,
+            "OPENAI_COMPATIBLE_API_KEY": self.openai_compatible_api_key,
+        }.get(env_name)
+        return field.get_secret_value() if field is not None else None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
