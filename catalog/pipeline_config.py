@@ -80,7 +80,13 @@ class FirstSpeakingConfig(_Strict):
 
 
 class FallbackConfig(_Strict):
-    """Timeouts of the livekit-agents FallbackAdapters built when a chain has more than one entry."""
+    """Timeouts and retries of provider requests.
+
+    The attempt timeouts and the retry interval apply to every request of the pipeline, whether or not
+    its chain has a fallback. `max_retry_per_provider` is how often a FallbackAdapter retries one
+    provider before it moves to the next; a single-entry chain has nowhere to move to and keeps
+    livekit's own retry count. The full mapping is in docs/pipeline-config.md.
+    """
 
     llm_attempt_timeout_ms: int = Field(5000, ge=100, le=60_000)
     stt_attempt_timeout_ms: int = Field(10_000, ge=100, le=60_000)
@@ -91,11 +97,13 @@ class FallbackConfig(_Strict):
 
 class VoicePipelineConfig(_Strict):
     language: str | None = Field("en", max_length=16)
-    stt_chain: tuple[STTEntry, ...] = (STTEntry(provider="deepgram", model="nova-3"),)
+    stt_chain: tuple[STTEntry, ...] = Field((STTEntry(provider="deepgram", model="nova-3"),), min_length=1)
     model_chain: tuple[ModelChainEntry, ...] = Field(
         (ModelChainEntry(model="gpt-4.1-mini"),), min_length=1
     )
-    tts_chain: tuple[TTSEntry, ...] = (TTSEntry(provider="openai", model="gpt-4o-mini-tts", voice_id="alloy"),)
+    tts_chain: tuple[TTSEntry, ...] = Field(
+        (TTSEntry(provider="openai", model="gpt-4o-mini-tts", voice_id="alloy"),), min_length=1
+    )
     tts_speed: float = Field(1.0, gt=0.0, lt=10.0)
 
     local_vad_params: LocalVADParams = LocalVADParams()

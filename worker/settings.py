@@ -55,6 +55,25 @@ class Settings(BaseSettings):
     # Self-hosted OpenAI-compatible servers usually accept any key; operators may still set one.
     openai_compatible_api_key: SecretStr | None = Field(None, validation_alias="OPENAI_COMPATIBLE_API_KEY")
 
+    # --- storage and post-call (records/, postcall/) ---
+    database_url: str = Field("sqlite:///var/voice-worker.db", validation_alias="DATABASE_URL")
+    postcall_webhook_url: str | None = Field(None, validation_alias="POSTCALL_WEBHOOK_URL")
+    postcall_webhook_secret: SecretStr | None = Field(None, validation_alias="POSTCALL_WEBHOOK_SECRET")
+    postcall_step_timeout_s: float = Field(30.0, gt=0, le=600, validation_alias="POSTCALL_STEP_TIMEOUT_S")
+    outbox_retry_base_s: float = Field(2.0, gt=0, le=600, validation_alias="OUTBOX_RETRY_BASE_S")
+    outbox_retry_max_s: float = Field(300.0, gt=0, le=86_400, validation_alias="OUTBOX_RETRY_MAX_S")
+    memory_fact_cap: int = Field(50, ge=1, le=1000, validation_alias="MEMORY_FACT_CAP")
+    memory_min_user_turns: int = Field(2, ge=0, le=100, validation_alias="MEMORY_MIN_USER_TURNS")
+    memory_retention_days: int = Field(180, ge=1, le=3650, validation_alias="MEMORY_RETENTION_DAYS")
+
+    # --- web-call door (door/) ---
+    door_api_keys_file: Path | None = Field(None, validation_alias="DOOR_API_KEYS_FILE")
+    door_public_livekit_url: str | None = Field(None, validation_alias="DOOR_PUBLIC_LIVEKIT_URL")
+    door_rate_limit_per_minute: int = Field(60, ge=1, le=100_000, validation_alias="DOOR_RATE_LIMIT_PER_MINUTE")
+    door_idempotency_ttl_s: int = Field(86_400, ge=60, le=7 * 86_400, validation_alias="DOOR_IDEMPOTENCY_TTL_S")
+    door_host: str = Field("0.0.0.0", validation_alias="DOOR_HOST")
+    door_port: int = Field(8000, ge=1, le=65535, validation_alias="DOOR_PORT")
+
     health_port: int = Field(8081, ge=0, le=65535, validation_alias="HEALTH_PORT")
     health_host: str = Field("0.0.0.0", validation_alias="HEALTH_HOST")
 

@@ -1,0 +1,109 @@
+"""The door's FastAPI application: both web-call contracts over one minting core, plus `/healthz`.
+
+Everything the routes need is built here, eagerly, so that a misconfigured door (production without a keys
+file or real secrets, an unreadable keys file, no session store) fails at start-up instead of on a call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from catalog.loader import CatalogStore
+from door import feather, revdesk
+from door.core import WebCallService
+from door.dependencies import DoorContext
+from door.idempotency import IdempotencyStore
+from door.keys import key_ring_for
+from door.ratelimit import RateLimiter
+from door.schemas import Health
+from door.sessions import SessionCreator, default_session_creator
+from worker.settings import Settings
+
+log = logging.getLogger("voice_worker.door")
+
+TITLE = "voice-worker web-call door"
+VERSION = "1.0.0"
+DESCRIPTION = """\
+Mints LiveKit join tokens for browser test calls. Two contracts share one minting core:
+
+* `POST /v1/voice/web-call` (Feather): `x-api-key`, body `agent_id` XOR `team_id` (+ `context_variables`),
+  FastAPI-style errors.
+* `POST /v1/agents/{id}/web-call` (RevDesk): bearer key, `Idempotency-Key`, `{"error": {...}}` envelope.
+
+API keys are configured as SHA-256 hashes and scoped to agents and teams. Refusal codes are the same on
+both routes: 401 missing or unknown key, 403 key not scoped to the target, 404 unknown target, 409 target
+disabled, 429 per-key rate limit (token bucket, `Retry-After`), 503 session could not be recorded.
+Rate limits and idempotency keys are held per door process.
+"""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    catalog_store: CatalogStore | None = None,
+    session_creator: SessionCreator | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    """The door app. Raises `SettingsError` when it must not serve (see the module docstring).
+
+    `clock` drives the rate limiter and idempotency expiry (tests pass a fake one).
+    """
+    settings.require_production_secrets()
+    keys = key_ring_for(settings)
+    if not settings.is_dev and not settings.door_public_livekit_url:
+        log.warning(
+            "DOOR_PUBLIC_LIVEKIT_URL is not set; browsers will be sent LIVEKIT_URL, which must then be reachable "
+            "from them"
+        )
+    owns_creator = session_creator is None
+    creator = session_creator if session_creator is not None else default_session_creator(settings)
+    store = catalog_store if catalog_store is not None else CatalogStore(settings.catalog_path)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_creator:
+            await _close(creator)
+
+    app = FastAPI(title=TITLE, version=VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app.state.door = DoorContext(
+        service=WebCallService(settings, store, creator),
+        keys=keys,
+        limiter=RateLimiter(settings.door_rate_limit_per_minute, clock=clock),
+        idempotency=IdempotencyStore(settings.door_idempotency_ttl_s, clock=clock),
+    )
+    app.include_router(feather.router)
+    app.include_router(revdesk.router)
+
+    @app.get("/healthz", response_model=Health, tags=["health"], summary="Liveness probe")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            # FastAPI documents a 422 for any route with parameters; RevDesk's validation errors are 400s.
+            schema["paths"][revdesk.PATH]["post"]["responses"].pop("422", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+async def _close(creator: SessionCreator) -> None:
+    closer = getattr(creator, "aclose", None) or getattr(creator, "close", None)
+    if closer is None:
+        return
+    result = closer()
+    if hasattr(result, "__await__"):
+        await result

@@ -1,0 +1,219 @@
+"""The providers a pipeline may name, and how each one becomes a livekit-agents plugin object.
+
+A provider is one `Provider` entry in `PROVIDERS`: which environment variable holds its key, whether
+that key is required, whether it needs a `base_url`, which of STT / LLM / TTS it offers (a builder per
+kind) and the TTS speed range it accepts. Validation (`pipelines.validate`) and the builder
+(`pipelines.builder`) read only this table, so adding a provider touches this file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from livekit.agents import llm, stt, tts
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions
+from livekit.plugins import deepgram, openai
+
+from catalog.pipeline_config import ModelChainEntry, STTEntry, TTSEntry
+
+Kind = Literal["stt", "llm", "tts"]
+KINDS: tuple[Kind, ...] = ("stt", "llm", "tts")
+
+OPENAI_STT_MODEL = "gpt-4o-mini-transcribe"
+OPENAI_TTS_MODEL = "gpt-4o-mini-tts"
+OPENAI_TTS_VOICE = "alloy"
+DEEPGRAM_STT_MODEL = "nova-3"
+DEEPGRAM_TTS_MODEL = "aura-2-andromeda-en"
+
+# Self-hosted OpenAI-compatible servers (Ollama, vLLM, llama.cpp) ignore the key, but the OpenAI client
+# refuses to send a request without one.
+UNUSED_KEY = "unused"
+
+
+class SettingsWithKeys(Protocol):
+    def provider_api_key(self, env_name: str) -> str | None: ...
+
+
+class STTBuilder(Protocol):
+    def __call__(self, entry: STTEntry, *, api_key: str, language: str | None) -> stt.STT: ...
+
+
+class LLMBuilder(Protocol):
+    def __call__(self, entry: ModelChainEntry, *, api_key: str) -> llm.LLM: ...
+
+
+class TTSBuilder(Protocol):
+    def __call__(self, entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS: ...
+
+
+class OpenAIChatLLM(openai.LLM):
+    """`openai.LLM` whose requests carry the chain entry's own `request_timeout_ms`.
+
+    AgentSession and `llm.FallbackAdapter` hand every LLM one timeout in `conn_options`, and the plugin
+    turns exactly that value into the request's httpx timeout (a client-level timeout is overridden),
+    so a per-entry timeout has to replace it on the way in.
+    """
+
+    def __init__(self, *, request_timeout_s: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._request_timeout_s = request_timeout_s
+
+    @property
+    def request_timeout_s(self) -> float | None:
+        return self._request_timeout_s
+
+    def chat(  # type: ignore[override]
+        self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS, **kwargs: Any
+    ) -> llm.LLMStream:
+        if self._request_timeout_s is not None:
+            conn_options = dataclasses.replace(conn_options, timeout=self._request_timeout_s)
+        return super().chat(conn_options=conn_options, **kwargs)
+
+
+def _given(value: Any) -> Any:
+    return NOT_GIVEN if value is None else value
+
+
+def _openai_llm(max_tokens_field: Literal["max_completion_tokens", "max_tokens"]) -> LLMBuilder:
+    def build(entry: ModelChainEntry, *, api_key: str) -> llm.LLM:
+        cfg = entry.config
+        kwargs: dict[str, Any] = {}
+        if cfg.max_tokens is not None:
+            # api.openai.com wants max_completion_tokens (max_tokens is refused by reasoning models);
+            # llama.cpp, Ollama and vLLM all honour the older max_tokens.
+            if max_tokens_field == "max_completion_tokens":
+                kwargs["max_completion_tokens"] = cfg.max_tokens
+            else:
+                kwargs["extra_body"] = {"max_tokens": cfg.max_tokens}
+        return OpenAIChatLLM(
+            request_timeout_s=cfg.request_timeout_ms / 1000 if cfg.request_timeout_ms is not None else None,
+            model=entry.model,
+            api_key=api_key,
+            base_url=_given(entry.base_url),
+            temperature=_given(cfg.temperature),
+            top_p=_given(cfg.top_p),
+            **kwargs,
+        )
+
+    return build
+
+
+def _openai_stt(entry: STTEntry, *, api_key: str, language: str | None) -> stt.STT:
+    if language is None:
+        return openai.STT(
+            model=entry.model or OPENAI_STT_MODEL,
+            detect_language=True,
+            api_key=api_key,
+            base_url=_given(entry.base_url),
+        )
+    return openai.STT(
+        model=entry.model or OPENAI_STT_MODEL,
+        language=language,
+        api_key=api_key,
+        base_url=_given(entry.base_url),
+    )
+
+
+def _openai_tts(entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS:
+    return openai.TTS(
+        model=entry.model or OPENAI_TTS_MODEL,
+        voice=entry.voice_id or OPENAI_TTS_VOICE,
+        speed=speed,
+        api_key=api_key,
+        base_url=_given(entry.base_url),
+    )
+
+
+def _deepgram_stt(entry: STTEntry, *, api_key: str, language: str | None) -> stt.STT:
+    kwargs: dict[str, Any] = {}
+    if language is not None:
+        kwargs["language"] = language
+    if entry.base_url is not None:
+        kwargs["base_url"] = entry.base_url
+    return deepgram.STT(model=entry.model or DEEPGRAM_STT_MODEL, api_key=api_key, **kwargs)
+
+
+def deepgram_tts_model(entry: TTSEntry) -> str:
+    """Deepgram names a voice by its model (`aura-2-thalia-en`), so either field may carry it."""
+    return entry.model or entry.voice_id or DEEPGRAM_TTS_MODEL
+
+
+def _deepgram_tts(entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS:
+    kwargs: dict[str, Any] = {}
+    if entry.base_url is not None:
+        kwargs["base_url"] = entry.base_url
+    # Deepgram rejects `speed` for voices other than Aura-2 English/Spanish; leave it out at 1.0.
+    return deepgram.TTS(
+        model=deepgram_tts_model(entry),
+        api_key=api_key,
+        speed=None if speed == 1.0 else speed,
+        **kwargs,
+    )
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    key_env: str
+    key_required: bool = True
+    requires_base_url: bool = False
+    # base_url schemes the plugin can talk to
+    url_schemes: tuple[str, ...] = ("http", "https")
+    # (min, max) accepted by the provider when speed is not 1.0
+    tts_speed_range: tuple[float, float] | None = None
+    build_stt: STTBuilder | None = None
+    build_llm: LLMBuilder | None = None
+    build_tts: TTSBuilder | None = None
+
+    def supports(self, kind: Kind) -> bool:
+        return self.builder(kind) is not None
+
+    def builder(self, kind: Kind) -> Callable[..., Any] | None:
+        return {"stt": self.build_stt, "llm": self.build_llm, "tts": self.build_tts}[kind]
+
+    def api_key(self, settings: SettingsWithKeys) -> str | None:
+        """The key to send; a placeholder when the key is optional and unset; None when missing."""
+        key = settings.provider_api_key(self.key_env)
+        if key:
+            return key
+        return None if self.key_required else UNUSED_KEY
+
+
+PROVIDERS: Mapping[str, Provider] = {
+    p.name: p
+    for p in (
+        Provider(
+            name="openai",
+            key_env="OPENAI_API_KEY",
+            tts_speed_range=(0.25, 4.0),
+            build_stt=_openai_stt,
+            build_llm=_openai_llm("max_completion_tokens"),
+            build_tts=_openai_tts,
+        ),
+        Provider(
+            name="openai_compatible",
+            key_env="OPENAI_COMPATIBLE_API_KEY",
+            key_required=False,
+            requires_base_url=True,
+            tts_speed_range=(0.25, 4.0),
+            build_stt=_openai_stt,
+            build_llm=_openai_llm("max_tokens"),
+            build_tts=_openai_tts,
+        ),
+        Provider(
+            name="deepgram",
+            key_env="DEEPGRAM_API_KEY",
+            url_schemes=("http", "https", "ws", "wss"),
+            tts_speed_range=(0.7, 1.5),
+            build_stt=_deepgram_stt,
+            build_tts=_deepgram_tts,
+        ),
+    )
+}
+
+
+def provider_names(kind: Kind) -> list[str]:
+    return sorted(name for name, p in PROVIDERS.items() if p.supports(kind))

@@ -1,0 +1,38 @@
+"""`voice-worker check`: every problem a call would otherwise hit, as `file: field: reason` lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from catalog.loader import Catalog, CatalogProblem, load_catalog
+from pipelines.validate import pipeline_problems
+from procedures.validate import first_speaking_problems, revision_template_problems
+from worker.settings import Settings
+
+
+def catalog_problems(catalog: Catalog, settings: Settings) -> list[CatalogProblem]:
+    problems = list(catalog.problems)
+    for agent_id, agent in catalog.agents.items():
+        source = catalog.sources[agent_id]
+        index = next(i for i, r in enumerate(agent.revisions) if r.id == agent.active_revision_id)
+        prefix = f"revisions[{index}]"
+        revision = agent.active_revision
+        for p in pipeline_problems(revision.pipeline, settings, where=f"{prefix}.pipeline"):
+            problems.append(CatalogProblem(source, p.field, p.reason))
+        for t in revision_template_problems(revision, prefix):
+            problems.append(CatalogProblem(source, t.field, t.reason))
+    for team_id, team in catalog.teams.items():
+        source = catalog.sources[team_id]
+        for p in pipeline_problems(team.pipeline, settings, where="pipeline"):
+            problems.append(CatalogProblem(source, p.field, p.reason))
+        # A team greets with its initial member, so its greeting may use that member's variables.
+        initial = catalog.agents[team.initial_member.assistant_id].active_revision
+        declared = frozenset(v.name for v in initial.context_variables)
+        for t in first_speaking_problems(team.pipeline, declared, "pipeline"):
+            problems.append(CatalogProblem(source, t.field, t.reason))
+    return problems
+
+
+def check_catalog(directory: Path, settings: Settings) -> tuple[Catalog, list[CatalogProblem]]:
+    catalog = load_catalog(directory)
+    return catalog, catalog_problems(catalog, settings)

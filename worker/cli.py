@@ -1,0 +1,255 @@
+"""`voice-worker`: the one console script (run the worker, check the catalog, mint and inspect dispatches)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from worker.settings import Settings, SettingsError
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+
+
+def _settings(args: argparse.Namespace, *, dev: bool | None = None) -> Settings:
+    overrides: dict[str, Any] = {}
+    if dev is not None:
+        overrides["VOICE_WORKER_MODE"] = "dev" if dev else "production"
+    if getattr(args, "catalog", None):
+        overrides["CATALOG_PATH"] = args.catalog
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise SettingsError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _uuid(value: str | None, flag: str) -> uuid.UUID | None:
+    if value is None:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise _UsageError(f"{flag} {value!r} is not a UUID") from None
+
+
+class _UsageError(ValueError):
+    pass
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"voice-worker: {message}", file=sys.stderr)
+    return code
+
+
+# --- start / dev ------------------------------------------------------------------------------------------
+
+
+def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
+    import os
+
+    settings = _settings(args, dev=dev)
+    settings.require_production_secrets()
+    from worker.check import check_catalog
+
+    catalog, problems = check_catalog(settings.catalog_path, settings)
+    for problem in problems:
+        print(f"catalog problem (that agent or team will be refused): {problem}", file=sys.stderr)
+    print(f"voice-worker: catalog {settings.catalog_path}: {catalog.summary()}", file=sys.stderr)
+
+    # The composition root (worker/app.py) reads settings from the environment in this and every job process.
+    os.environ["VOICE_WORKER_MODE"] = settings.mode.value
+    os.environ["CATALOG_PATH"] = str(settings.catalog_path)
+    from livekit.agents.__main__ import main as livekit_main
+
+    from worker import connectivity
+
+    connectivity.install(settings.livekit_url)
+    argv = ["start", str(Path(__file__).with_name("app.py")), "--log-level", args.log_level]
+    if dev:
+        argv.append("--dev")
+    else:
+        argv += ["--log-format", "json"]
+    return livekit_main(argv)
+
+
+# --- check ------------------------------------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from worker.check import check_catalog
+
+    catalog, problems = check_catalog(settings.catalog_path, settings)
+    if problems:
+        for problem in problems:
+            print(problem)
+        print(f"{len(problems)} problem(s) in {settings.catalog_path}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print(f"catalog OK: {settings.catalog_path}: {catalog.summary()}")
+    return EXIT_OK
+
+
+# --- web-call ---------------------------------------------------------------------------------------------
+
+
+def _parse_vars(pairs: list[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--var {pair!r}: expected NAME=VALUE")
+        values[name] = value
+    return values
+
+
+def _web_call(args: argparse.Namespace) -> int:
+    from catalog.context_vars import ContextVarErrors, coerce_seeds
+    from catalog.loader import load_catalog
+    from worker.tokens import mint_call
+
+    settings = _settings(args)
+    try:
+        seeds = _parse_vars(args.var)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    catalog = load_catalog(settings.catalog_path)
+    agent_id = _uuid(args.agent_id, "--agent-id")
+    team_id = _uuid(args.team_id, "--team-id")
+    if agent_id is not None:
+        agent = catalog.agents.get(agent_id)
+        if agent is None or not agent.enabled:
+            return _fail(f"agent {agent_id} is {'disabled' if agent else 'not in the catalog'}", EXIT_USAGE)
+        try:
+            seeds = coerce_seeds(agent.active_revision.context_variables, seeds)
+        except ContextVarErrors as exc:
+            return _fail(f"context variables: {exc}", EXIT_USAGE)
+    else:
+        team = catalog.teams.get(team_id)  # type: ignore[arg-type]
+        if team is None or not team.enabled:
+            return _fail(f"team {team_id} is {'disabled' if team else 'not in the catalog'}", EXIT_USAGE)
+        if seeds:
+            print("voice-worker: team calls ignore context variables (platform contract)", file=sys.stderr)
+        seeds = {}
+    minted = mint_call(
+        settings, session_type=args.session_type, agent_id=agent_id, team_id=team_id, context_variables=seeds
+    )
+    print(json.dumps(minted.as_web_call_response(), indent=2))
+    return EXIT_OK
+
+
+# --- inspect-dispatch -------------------------------------------------------------------------------------
+
+
+def _inspect_dispatch(args: argparse.Namespace) -> int:
+    from catalog.loader import load_catalog
+    from worker.admission import admit
+    from worker.dispatch import DispatchRejected, verify_dispatch_metadata
+
+    settings = _settings(args)
+    metadata = sys.stdin.read().strip()
+    try:
+        claims = verify_dispatch_metadata(metadata, secret=settings.signing_secret(), issuer=settings.dispatch_issuer)
+        admission = admit(claims, load_catalog(settings.catalog_path), settings)
+    except DispatchRejected as exc:
+        print(json.dumps({"accepted": False, "reason": exc.reason, "detail": exc.detail}, indent=2))
+        return EXIT_REFUSED
+    report = {
+        "accepted": True,
+        "claims": claims.model_dump(mode="json", exclude_none=True),
+        "agent": {"id": str(admission.agent.id), "name": admission.agent.name, "revision_id": str(admission.revision.id)},
+        "team": {"id": str(admission.team.id), "name": admission.team.name} if admission.team else None,
+        "seeds": admission.seeds,
+    }
+    print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
+# --- console ----------------------------------------------------------------------------------------------
+
+
+def _console(args: argparse.Namespace) -> int:
+    from worker.console import run_console
+
+    settings = _settings(args)
+    try:
+        seeds = _parse_vars(args.var)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    agent_id = _uuid(args.agent_id, "--agent-id")
+    team_id = _uuid(args.team_id, "--team-id")
+    return asyncio.run(run_console(settings, agent_id=agent_id, team_id=team_id, seeds=seeds))
+
+
+# --- door -------------------------------------------------------------------------------------------------
+
+
+def _door(args: argparse.Namespace) -> int:
+    from door.app import serve
+
+    settings = _settings(args)
+    serve(settings)
+    return EXIT_OK
+
+
+def _target(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--agent-id", help="agent UUID from the catalog")
+    group.add_argument("--team-id", help="team UUID from the catalog")
+    parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="seed a context variable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voice-worker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("start", "run the worker in production mode (JSON logs, strict secrets)"),
+        ("dev", "run the worker in development mode (livekit-server --dev credentials allowed)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--catalog", help="catalog directory (default: CATALOG_PATH)")
+        p.add_argument("--log-level", default="INFO")
+    p = sub.add_parser("check", help="validate the catalog; one `file: field: reason` line per problem")
+    p.add_argument("--catalog", help="catalog directory (default: CATALOG_PATH or the example catalog)")
+    p = sub.add_parser("web-call", help="mint what the door would return, for local testing")
+    _target(p)
+    p.add_argument("--session-type", choices=["live", "test", "simulation"], default="test")
+    p.add_argument("--catalog")
+    p = sub.add_parser("inspect-dispatch", help="verify job metadata read on stdin; exit 3 with the reason if refused")
+    p.add_argument("--catalog")
+    p = sub.add_parser("console", help="a text conversation with an agent in the terminal")
+    _target(p)
+    p.add_argument("--catalog")
+    p = sub.add_parser("door", help="serve the web-call door (HTTP API)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {
+        "start": lambda a: _run_worker(a, dev=False),
+        "dev": lambda a: _run_worker(a, dev=True),
+        "check": _check,
+        "web-call": _web_call,
+        "inspect-dispatch": _inspect_dispatch,
+        "console": _console,
+        "door": _door,
+    }
+    try:
+        return handlers[args.command](args)
+    except SettingsError as exc:
+        return _fail(f"configuration: {exc}", EXIT_USAGE)
+    except _UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
