@@ -19,12 +19,10 @@ from door.core import CallTarget
 from door.dependencies import DoorContext, door_context, feather_caller
 from door.errors import DoorError
 from door.keys import ApiKey
-from door.schemas import HTTPError, WebCallRequest, WebCallResponse
+from door.schemas import RETRY_AFTER_HEADER, HTTPError, WebCallRequest, WebCallResponse
 
 OPERATION_ID = "web_call_v1_voice_web_call_post"
 PATH = "/v1/voice/web-call"
-
-_RETRY_AFTER = {"Retry-After": {"description": "Seconds until the key may call again.", "schema": {"type": "integer"}}}
 
 DESCRIPTION = """\
 Mint a LiveKit join token for a browser test call against an agent or a team.
@@ -75,7 +73,7 @@ def _refusal(description: str, **extra: Any) -> dict[str, Any]:
         403: _refusal("The API key is not scoped to this agent or team"),
         404: _refusal("Unknown agent or team"),
         409: _refusal("The agent or team is disabled"),
-        429: _refusal("Rate limited", headers=_RETRY_AFTER),
+        429: _refusal("Rate limited", headers=RETRY_AFTER_HEADER),
         503: _refusal("The session could not be recorded"),
     },
 )

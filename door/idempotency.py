@@ -65,6 +65,10 @@ class IdempotencyStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def in_flight(self, scope: str, key: str) -> int:
+        """Requests holding or waiting for `key`'s lock right now (for metrics and tests)."""
+        return self._locks.get((scope, key), (None, 0))[1]
+
     def _purge(self, now: float) -> None:
         while self._entries:
             first_key = next(iter(self._entries))

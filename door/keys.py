@@ -125,13 +125,16 @@ def load_keys_file(path: Path) -> KeyRing:
         raise SettingsError(f"DOOR_API_KEYS_FILE {path} cannot be read ({exc.strerror})") from None
     except yaml.YAMLError:
         raise SettingsError(f"DOOR_API_KEYS_FILE {path} is not valid YAML") from None
+    if not isinstance(document, list) or not document:
+        raise SettingsError(f"DOOR_API_KEYS_FILE {path} must be a non-empty YAML list of {{name, sha256, scopes}}")
     try:
         parsed = _KeysFile.model_validate({"keys": document})
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"][1:]) or "(document)"
-        # pydantic's message never contains the input for these validators; `input` is deliberately dropped.
-        raise SettingsError(f"DOOR_API_KEYS_FILE {path}: {where}: {first['msg']}") from None
+        where = ".".join(str(p) for p in first["loc"][1:]) or "(list)"
+        # Only the message: `input` could be a hash (or a raw key pasted by mistake).
+        reason = first["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"DOOR_API_KEYS_FILE {path}: {where}: {reason}") from None
     return KeyRing(parsed.keys)
 
 

@@ -19,7 +19,7 @@ from door.dependencies import DoorContext, door_context, revdesk_caller
 from door.errors import DoorError, IdempotencyKeyReused, TargetNotFound
 from door.idempotency import MAX_KEY_LENGTH, IdempotencyConflict, StoredResponse, request_fingerprint
 from door.keys import ApiKey
-from door.schemas import ErrorEnvelope, RevDeskWebCallResponse
+from door.schemas import RETRY_AFTER_HEADER, ErrorEnvelope, RevDeskWebCallResponse
 
 OPERATION_ID = "v1_agents_id_web_call_post"
 PATH = "/v1/agents/{id}/web-call"
@@ -78,8 +78,6 @@ class RevDeskRoute(APIRoute):
 router = APIRouter(route_class=RevDeskRoute)
 
 _ERROR = {"model": ErrorEnvelope}
-_RETRY_AFTER = {"Retry-After": {"description": "Seconds until the key may call again.", "schema": {"type": "integer"}}}
-
 
 @router.post(
     PATH,
@@ -104,7 +102,7 @@ _RETRY_AFTER = {"Retry-After": {"description": "Seconds until the key may call a
         403: {"description": "Forbidden", **_ERROR},
         404: {"description": "Not found", **_ERROR},
         409: {"description": "Conflict (incl. idempotency conflicts)", **_ERROR},
-        429: {"description": "Rate limited", "headers": _RETRY_AFTER, **_ERROR},
+        429: {"description": "Rate limited", "headers": RETRY_AFTER_HEADER, **_ERROR},
         503: {"description": "The session could not be recorded", **_ERROR},
     },
 )

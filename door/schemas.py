@@ -20,6 +20,11 @@ REVDESK_UUID_PATTERN = (
     r"|00000000-0000-0000-0000-000000000000|ffffffff-ffff-ffff-ffff-ffffffffffff)$"
 )
 
+# OpenAPI header object for 429 responses on both routes.
+RETRY_AFTER_HEADER = {
+    "Retry-After": {"description": "Seconds until the key may call again.", "required": True, "schema": {"type": "integer"}}
+}
+
 
 class WebCallRequest(BaseModel):
     """A browser test call: exactly one of an agent or a team, plus optional typed seeds for an agent.

@@ -81,7 +81,8 @@ def plan_merge(
 
     untouched = sorted(
         (f for key, f in alive.items() if key not in fresh_keys),
-        key=lambda f: (f.last_seen_at, f.id),
+        # newest first; within one extraction, the extractor's order (insertion order) decides
+        key=lambda f: (f.last_seen_at, -f.id),
         reverse=True,
     )
     over_cap = [f.id for f in untouched[cap - len(fresh) :]]

@@ -176,6 +176,21 @@ async def test_termination_ends_a_running_job(lk: LiveKitServerDouble, probe: Pr
     assert probe.server.active_jobs == []
 
 
+async def test_worker_reregisters_after_the_server_drops_it(
+    lk: LiveKitServerDouble, probe: Probe
+) -> None:
+    first = lk.registrations[-1]
+    await lk.drop_connection()
+    await lk.wait_for(lambda: len(lk.registrations) == 2, TIMEOUT)
+    second = lk.registrations[-1]
+    assert second.agent_name == AGENT_NAME
+    assert second.worker_id != first.worker_id
+    assert [worker_id for worker_id, _ in lk.disconnections] == [first.worker_id]
+
+    answer = await lk.offer_job(metadata="no", agent_name=AGENT_NAME, timeout=TIMEOUT)
+    assert not answer.available
+
+
 async def test_worker_with_a_wrong_secret_is_refused(
     lk: LiveKitServerDouble, restore_environ: None
 ) -> None:

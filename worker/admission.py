@@ -79,7 +79,7 @@ def admit(
                 AdmissionReason.DISABLED_AGENT,
                 f"team {team.id}: initial member {member.router_name} ({member.assistant_id}) is missing or disabled",
             )
-        pipeline, where = team.pipeline, f"team {team.id}"
+        pipeline, label = team.pipeline, f"team {team.id}"
         seeds: dict[str, Any] = {}
     else:
         agent_or_none = catalog.agents.get(claims.target_id)
@@ -88,12 +88,12 @@ def admit(
         agent = agent_or_none
         if not agent.enabled:
             raise DispatchRejected(AdmissionReason.DISABLED_AGENT, f"agent {agent.id} ({agent.name}) is disabled")
-        pipeline, where = agent.active_revision.pipeline, f"agent {agent.id}"
+        pipeline, label = agent.active_revision.pipeline, f"agent {agent.id}"
         seeds = dict(claims.context_variables)
 
-    problems = pipeline_check(pipeline, settings, where)
+    problems = pipeline_check(pipeline, settings, "pipeline")
     if problems:
-        raise DispatchRejected(AdmissionReason.INVALID_PIPELINE, f"{where}: " + "; ".join(problems))
+        raise DispatchRejected(AdmissionReason.INVALID_PIPELINE, f"{label}: " + "; ".join(problems))
 
     revision = agent.active_revision
     if seeds:

@@ -139,7 +139,10 @@ async def start_call(
     if before_start is not None:
         before_start(session)
 
-    await session.start(agent=agent, room=room)
+    if room is not None:
+        await session.start(agent=agent, room=room)
+    else:  # text mode / tests / console: no room IO at all
+        await session.start(agent=agent)
     _greet(call)
     log.info(
         "call started: %s %s (%s) session_type=%s in %.1f ms",

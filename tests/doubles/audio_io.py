@@ -19,6 +19,7 @@ All timestamps are `time.time()` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -108,9 +109,13 @@ class ScriptedAudioInput(io.AudioInput):
     def enqueue(self, *segments: Clip | float) -> None:
         """Queue more caller audio; it starts at the next frame if the line is idle."""
         for segment in segments:
-            clip = silence(segment, self.sample_rate) if isinstance(segment, (int, float)) else segment
+            clip = (
+                silence(segment, self.sample_rate) if isinstance(segment, (int, float)) else segment
+            )
             if clip.sample_rate != self.sample_rate:
-                raise ValueError(f"clip at {clip.sample_rate} Hz, input runs at {self.sample_rate} Hz")
+                raise ValueError(
+                    f"clip at {clip.sample_rate} Hz, input runs at {self.sample_rate} Hz"
+                )
             # whole frames only, so no frame ever straddles two queued chunks
             pad = -len(clip.pcm) % self._frame_samples
             pcm = np.concatenate([clip.pcm, np.zeros(pad, dtype=np.int16)]) if pad else clip.pcm
@@ -276,7 +281,9 @@ class CapturingAudioOutput(io.AudioOutput):
             return
         seg.flushed_at = time.time()
         self._playing = seg
-        self._playout_task = asyncio.create_task(self._play_out(seg), name="CapturingAudioOutput.play_out")
+        self._playout_task = asyncio.create_task(
+            self._play_out(seg), name="CapturingAudioOutput.play_out"
+        )
 
     def clear_buffer(self) -> None:
         self.clear_count += 1
@@ -311,10 +318,8 @@ class CapturingAudioOutput(io.AudioOutput):
                 return
             self._wake.clear()
             timeout = None if self._paused else remaining / self.playback_speed
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
 
     def _finish(self, seg: PlayoutSegment, *, position: float, interrupted: bool) -> None:
         seg.finished_at = time.time()

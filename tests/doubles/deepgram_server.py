@@ -60,12 +60,14 @@ class ListenSession:
         return [
             m["channel"]["alternatives"][0]["transcript"]
             for m in self.sent
-            if m["type"] == "Results" and m["is_final"] and m["channel"]["alternatives"][0]["transcript"]
+            if m["type"] == "Results"
+            and m["is_final"]
+            and m["channel"]["alternatives"][0]["transcript"]
         ]
 
 
 class DeepgramServerDouble:
-    """`async with DeepgramServerDouble() as dg:` then `deepgram.STT(base_url=dg.listen_url, ...)`."""
+    """`async with DeepgramServerDouble() as dg:`, then `deepgram.STT(base_url=dg.listen_url)`."""
 
     def __init__(
         self,
@@ -143,7 +145,7 @@ class DeepgramServerDouble:
         self._utterances.extend(Utterance(u) if isinstance(u, str) else u for u in utterances)
 
     def reject_next(self, path: str, status: int, count: int = 1) -> None:
-        """Answer the next `count` requests (websocket upgrades included) on `path` with `status`."""
+        """Answer the next `count` requests on `path` (websocket upgrades too) with `status`."""
         self._rejections[path].extend([status] * count)
 
     def requests_for(self, kind: str) -> list[DeepgramRequest]:
@@ -173,7 +175,9 @@ class DeepgramServerDouble:
             with wave.open(io.BytesIO(body), "rb") as w:
                 duration = w.getnframes() / float(w.getframerate())
         except (wave.Error, EOFError):
-            return _dg_error(400, "Bad Request: failed to process audio: corrupt or unsupported data", request_id)
+            return _dg_error(
+                400, "Bad Request: failed to process audio: corrupt or unsupported data", request_id
+            )
         utt = self.next_utterance()
         alternative = {
             "transcript": utt.text,
@@ -196,7 +200,9 @@ class DeepgramServerDouble:
         )
 
     def next_utterance(self) -> Utterance:
-        return self._utterances.popleft() if self._utterances else Utterance(self.default_transcript)
+        return (
+            self._utterances.popleft() if self._utterances else Utterance(self.default_transcript)
+        )
 
     def peek_utterance(self) -> Utterance:
         return self._utterances[0] if self._utterances else Utterance(self.default_transcript)
@@ -267,7 +273,9 @@ class DeepgramServerDouble:
                     self.spoken_texts.append(text.strip())
                     if not await self._sleep(self.tts_ttfb_ms):
                         break
-                    for chunk in _chunks(self._render(text.strip(), sample_rate), sample_rate // 10 * 2):
+                    for chunk in _chunks(
+                        self._render(text.strip(), sample_rate), sample_rate // 10 * 2
+                    ):
                         await ws.send_bytes(chunk)
                 await ws.send_json({"type": "Flushed", "sequence_id": next(sequence)})
             elif kind == "Clear":
@@ -276,7 +284,9 @@ class DeepgramServerDouble:
             elif kind == "Close":
                 break
             else:
-                await ws.send_json({"type": "Warning", "warn_code": "UNKNOWN_MESSAGE_TYPE", "warn_msg": kind})
+                await ws.send_json(
+                    {"type": "Warning", "warn_code": "UNKNOWN_MESSAGE_TYPE", "warn_msg": kind}
+                )
         await ws.close()
         return ws
 
@@ -288,10 +298,13 @@ class DeepgramServerDouble:
 
     def _record(self, request: web.Request, kind: str, body: bytes) -> None:
         headers = {
-            k: (_REDACTED if k.lower() == "authorization" else v) for k, v in request.headers.items()
+            k: (_REDACTED if k.lower() == "authorization" else v)
+            for k, v in request.headers.items()
         }
         self.requests.append(
-            DeepgramRequest(kind=kind, path=request.path, query=dict(request.query), headers=headers, body=body)
+            DeepgramRequest(
+                kind=kind, path=request.path, query=dict(request.query), headers=headers, body=body
+            )
         )
 
     def _take_rejection(self, path: str) -> web.Response | None:
@@ -313,7 +326,9 @@ class DeepgramServerDouble:
 class _ListenConnection:
     """One streaming-STT websocket: segments incoming linear16 audio by energy in 10 ms windows."""
 
-    def __init__(self, server: DeepgramServerDouble, ws: web.WebSocketResponse, session: ListenSession) -> None:
+    def __init__(
+        self, server: DeepgramServerDouble, ws: web.WebSocketResponse, session: ListenSession
+    ) -> None:
         q = session.query
         self._server = server
         self._ws = ws
@@ -371,7 +386,10 @@ class _ListenConnection:
     async def _feed(self, data: bytes) -> None:
         self._buffer += data
         while len(self._buffer) >= self._window_bytes:
-            window, self._buffer = self._buffer[: self._window_bytes], self._buffer[self._window_bytes :]
+            window, self._buffer = (
+                self._buffer[: self._window_bytes],
+                self._buffer[self._window_bytes :],
+            )
             samples = np.frombuffer(window, dtype="<i2").astype(np.float64)
             voiced = float(np.sqrt(np.mean(samples**2))) >= self._server.voice_rms_threshold
             start, self._t = self._t, self._t + 0.01
@@ -388,11 +406,17 @@ class _ListenConnection:
             self._interim_sent = False
             self._awaiting_utterance_end = False
             if self._vad_events:
-                await self._send({"type": "SpeechStarted", "channel": [0], "timestamp": round(start, 3)})
+                await self._send(
+                    {"type": "SpeechStarted", "channel": [0], "timestamp": round(start, 3)}
+                )
         self._silence_ms = 0
         self._voiced_ms += 10
         self._last_voice_end = self._t
-        if self._interim and not self._interim_sent and self._voiced_ms >= self._server.interim_after_ms:
+        if (
+            self._interim
+            and not self._interim_sent
+            and self._voiced_ms >= self._server.interim_after_ms
+        ):
             self._interim_sent = True
             utt = self._server.peek_utterance()
             words = utt.text.split()
@@ -417,19 +441,27 @@ class _ListenConnection:
             if from_finalize:
                 # Deepgram answers a Finalize with nothing pending by an empty final result.
                 await self._send(
-                    self._results(Utterance("", 0.0), is_final=True, speech_final=False, from_finalize=True)
+                    self._results(
+                        Utterance("", 0.0), is_final=True, speech_final=False, from_finalize=True
+                    )
                 )
             return
         self._in_speech = False
         utt = self._server.next_utterance()
         await self._send(
-            self._results(utt, is_final=True, speech_final=speech_final, from_finalize=from_finalize)
+            self._results(
+                utt, is_final=True, speech_final=speech_final, from_finalize=from_finalize
+            )
         )
 
     async def _send_utterance_end(self) -> None:
         self._awaiting_utterance_end = False
         await self._send(
-            {"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": round(self._last_voice_end, 3)}
+            {
+                "type": "UtteranceEnd",
+                "channel": [0, 1],
+                "last_word_end": round(self._last_voice_end, 3),
+            }
         )
 
     def _results(
@@ -493,7 +525,11 @@ def _chunks(data: bytes, size: int) -> list[bytes]:
 
 def _dg_error(status: int, message: str, request_id: str) -> web.Response:
     return web.json_response(
-        {"err_code": "REQUEST_FAILED" if status >= 500 else "BAD_REQUEST", "err_msg": message, "request_id": request_id},
+        {
+            "err_code": "REQUEST_FAILED" if status >= 500 else "BAD_REQUEST",
+            "err_msg": message,
+            "request_id": request_id,
+        },
         status=status,
         headers={"dg-request-id": request_id},
     )

@@ -19,7 +19,12 @@ from typing import Any
 
 from livekit.agents import llm
 from livekit.agents._exceptions import APIError
-from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
+from livekit.agents.types import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    NOT_GIVEN,
+    APIConnectOptions,
+    NotGivenOr,
+)
 
 __all__ = [
     "FakeLLM",
@@ -102,9 +107,7 @@ def _record_messages(chat_ctx: llm.ChatContext) -> tuple[RecordedMessage, ...]:
 
 def _instructions(chat_ctx: llm.ChatContext) -> str | None:
     parts = [
-        msg.text_content or ""
-        for msg in chat_ctx.messages()
-        if msg.role in ("system", "developer")
+        msg.text_content or "" for msg in chat_ctx.messages() if msg.role in ("system", "developer")
     ]
     return "\n".join(parts) if parts else None
 
@@ -155,9 +158,7 @@ class FakeLLM(llm.LLM):
         tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
         extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
     ) -> FakeLLMStream:
-        return FakeLLMStream(
-            self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options
-        )
+        return FakeLLMStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
 
     async def _next_reply(self, chat_ctx: llm.ChatContext, tools: list[llm.Tool]) -> Reply:
         script = self._script
@@ -228,37 +229,45 @@ class FakeLLMStream(llm.LLMStream):
             for n, piece in enumerate(re.findall(r"\s*\S+\s*", reply.text)):
                 if n > 0 and reply.token_interval_s:
                     await asyncio.sleep(reply.token_interval_s)
-                self._send(call, llm.ChatChunk(
-                    id=request_id,
-                    delta=llm.ChoiceDelta(role="assistant", content=piece),
-                ))
+                self._send(
+                    call,
+                    llm.ChatChunk(
+                        id=request_id,
+                        delta=llm.ChoiceDelta(role="assistant", content=piece),
+                    ),
+                )
 
             if reply.tool_calls:
-                self._send(call, llm.ChatChunk(
-                    id=request_id,
-                    delta=llm.ChoiceDelta(
-                        role="assistant",
-                        tool_calls=[
-                            llm.FunctionToolCall(
-                                name=name,
-                                arguments=json.dumps(dict(arguments)),
-                                call_id=f"call_{call.index}_{i}",
-                            )
-                            for i, (name, arguments) in enumerate(reply.tool_calls)
-                        ],
+                self._send(
+                    call,
+                    llm.ChatChunk(
+                        id=request_id,
+                        delta=llm.ChoiceDelta(
+                            role="assistant",
+                            tool_calls=[
+                                llm.FunctionToolCall(
+                                    name=name,
+                                    arguments=json.dumps(dict(arguments)),
+                                    call_id=f"call_{call.index}_{i}",
+                                )
+                                for i, (name, arguments) in enumerate(reply.tool_calls)
+                            ],
+                        ),
                     ),
-                ))
+                )
 
             prompt_tokens = sum(len(m.text.split()) for m in call.messages)
             completion_tokens = len(reply.text.split()) + len(reply.tool_calls)
-            self._event_ch.send_nowait(llm.ChatChunk(
-                id=request_id,
-                usage=llm.CompletionUsage(
-                    completion_tokens=completion_tokens,
-                    prompt_tokens=prompt_tokens,
-                    total_tokens=prompt_tokens + completion_tokens,
-                ),
-            ))
+            self._event_ch.send_nowait(
+                llm.ChatChunk(
+                    id=request_id,
+                    usage=llm.CompletionUsage(
+                        completion_tokens=completion_tokens,
+                        prompt_tokens=prompt_tokens,
+                        total_tokens=prompt_tokens + completion_tokens,
+                    ),
+                )
+            )
         finally:
             call.finished_at = time.time()
 

@@ -20,7 +20,12 @@ import numpy as np
 from livekit import rtc
 from livekit.agents import stt, tts, utils
 from livekit.agents._exceptions import APIError
-from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
+from livekit.agents.types import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    NOT_GIVEN,
+    APIConnectOptions,
+    NotGivenOr,
+)
 
 __all__ = ["FakeSTT", "FakeTTS", "STTRequest", "TTSRequest"]
 
@@ -51,9 +56,7 @@ class FakeSTT(stt.STT):
         language: str = "en",
         fail_with: APIError | None = None,
     ) -> None:
-        super().__init__(
-            capabilities=stt.STTCapabilities(streaming=False, interim_results=False)
-        )
+        super().__init__(capabilities=stt.STTCapabilities(streaming=False, interim_results=False))
         self._transcripts = transcripts
         self._next_index = 0
         self.latency_s = latency_s
@@ -186,7 +189,9 @@ class FakeChunkedStream(tts.ChunkedStream):
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         fake = self._fake
-        request = TTSRequest(index=len(fake.requests), text=self._input_text, requested_at=time.time())
+        request = TTSRequest(
+            index=len(fake.requests), text=self._input_text, requested_at=time.time()
+        )
         fake.requests.append(request)
         try:
             output_emitter.initialize(

@@ -1,7 +1,8 @@
 """A local HTTP server that speaks OpenAI's chat, speech and transcription wire formats.
 
-The worker builds real `livekit.plugins.openai` objects pointed at a `base_url`; this double lets tests
-script what the "provider" answers (text, tool calls, latency, failures) and see what it was asked.
+The worker builds real `livekit.plugins.openai` objects pointed at a `base_url`; this double lets
+tests script what the "provider" answers (text, tool calls, latency, failures) and see what
+it was asked.
 """
 
 from __future__ import annotations
@@ -402,7 +403,10 @@ class OpenAIServerDouble:
                         chunk(
                             {
                                 "tool_calls": [
-                                    {"index": index, "function": {"arguments": args[start : start + 8]}}
+                                    {
+                                        "index": index,
+                                        "function": {"arguments": args[start : start + 8]},
+                                    }
                                 ]
                             }
                         ),
@@ -440,7 +444,9 @@ class OpenAIServerDouble:
             return _error(400, "model and input are required", "invalid_request_error")
         response_format = body.get("response_format", "mp3")
         if response_format not in _AUDIO_FORMATS:
-            return _error(400, f"unsupported response_format {response_format!r}", "invalid_request_error")
+            return _error(
+                400, f"unsupported response_format {response_format!r}", "invalid_request_error"
+            )
 
         reply = self._speech.take(model, body) or SpeechReply()
         if reply.hang:
@@ -473,7 +479,10 @@ class OpenAIServerDouble:
                 if i and not await self._sleep(reply.chunk_interval_ms):
                     return resp
                 if sse:
-                    event = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()}
+                    event = {
+                        "type": "speech.audio.delta",
+                        "audio": base64.b64encode(piece).decode(),
+                    }
                     await _send_sse(resp, event)
                 else:
                     await resp.write(piece)
@@ -585,7 +594,7 @@ class OpenAIServerDouble:
         return False
 
 
-# -- wire helpers -----------------------------------------------------------------------------------
+# -- wire helpers -------------------------------------------------------------------------------
 
 # response_format -> (av container, av codec, Content-Type OpenAI answers with)
 _AUDIO_FORMATS: dict[str, tuple[str, str, str]] = {
@@ -605,7 +614,9 @@ def tone(duration_s: float, *, sample_rate: int = SPEECH_SAMPLE_RATE, freq: floa
     return (np.sin(2 * np.pi * freq * t) * 0.3 * 32767).astype("<i2").tobytes()
 
 
-def encode_audio(pcm: bytes, response_format: str, *, sample_rate: int = SPEECH_SAMPLE_RATE) -> bytes:
+def encode_audio(
+    pcm: bytes, response_format: str, *, sample_rate: int = SPEECH_SAMPLE_RATE
+) -> bytes:
     if response_format == "pcm":
         return pcm
     if response_format == "wav":
@@ -656,7 +667,9 @@ def _content_text(content: Any) -> str:
         return content
     if isinstance(content, list):
         return " ".join(
-            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
         )
     return ""
 
@@ -693,7 +706,9 @@ def _usage(messages: Sequence[dict[str, Any]], reply: Reply) -> dict[str, Any]:
     }
 
 
-def _completion(completion_id: str, model: str, reply: Reply, usage: dict[str, Any]) -> dict[str, Any]:
+def _completion(
+    completion_id: str, model: str, reply: Reply, usage: dict[str, Any]
+) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
         "content": reply.text if reply.text or not reply.tool_calls else None,
@@ -716,7 +731,12 @@ def _completion(completion_id: str, model: str, reply: Reply, usage: dict[str, A
         "model": model,
         "system_fingerprint": "fp_double",
         "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(reply)}
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": _finish_reason(reply),
+            }
         ],
         "usage": usage,
     }

@@ -139,7 +139,9 @@ def synthesize_speech(
     cached = Path(cache_dir) / f"espeak-{key[:24]}.wav"
     if cached.exists():
         pcm, rate = read_wav(cached)
-        return Clip(pcm=pcm, sample_rate=rate, speech_spans=((0.0, len(pcm) / rate),), texts=(text,))
+        return Clip(
+            pcm=pcm, sample_rate=rate, speech_spans=((0.0, len(pcm) / rate),), texts=(text,)
+        )
 
     exe = shutil.which("espeak-ng")
     if exe is None:

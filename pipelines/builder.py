@@ -1,0 +1,164 @@
+"""A call's `VoicePipelineConfig` turned into the STT, LLM, TTS, VAD and turn handling of its AgentSession.
+
+A chain with one entry becomes that provider's plugin object; a longer chain becomes the matching
+livekit-agents `FallbackAdapter` (first entry primary) with the timeouts and retries of
+`config.fallback`. Which config a call uses is `effective_pipeline`: team calls take the team's, agent
+calls the active revision's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from livekit.agents import llm, stt, tts
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
+from livekit.agents.voice.agent_session import SessionConnectOptions
+from livekit.agents.voice.turn import TurnHandlingOptions
+from livekit.plugins import silero
+
+from catalog.pipeline_config import FallbackConfig, ModelChainEntry, STTEntry, TTSEntry, VoicePipelineConfig
+from pipelines.providers import PROVIDERS, SettingsWithKeys
+from pipelines.turn_handling import turn_handling_options
+from pipelines.validate import PipelineProblem, pipeline_problems
+from pipelines.vad import SharedVAD
+
+
+class PipelineError(ValueError):
+    """The config cannot be built; `problems` says where and why (never a key's value)."""
+
+    def __init__(self, problems: Sequence[PipelineProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+
+def effective_pipeline(
+    revision_config: VoicePipelineConfig, team_config: VoicePipelineConfig | None
+) -> VoicePipelineConfig:
+    """Team calls take the team's pipeline for every member (one voice, one STT and one turn-taking
+    behaviour across handoffs); agent calls take the active revision's."""
+    return team_config if team_config is not None else revision_config
+
+
+@dataclass(frozen=True)
+class BuiltPipeline:
+    config: VoicePipelineConfig
+    stt: stt.STT
+    llm: llm.LLM
+    tts: tts.TTS
+    vad: silero.VAD
+    turn_handling: TurnHandlingOptions
+    conn_options: SessionConnectOptions
+    user_away_timeout: float | None
+    # the provider objects themselves (inside any adapter): they own HTTP clients to close
+    providers: tuple[stt.STT | llm.LLM | tts.TTS, ...] = field(default=())
+
+    def session_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `AgentSession(...)`."""
+        kwargs: dict[str, Any] = {
+            "stt": self.stt,
+            "llm": self.llm,
+            "tts": self.tts,
+            "vad": self.vad,
+            "turn_handling": self.turn_handling,
+            "conn_options": self.conn_options,
+        }
+        if self.user_away_timeout is not None:
+            kwargs["user_away_timeout"] = self.user_away_timeout
+        return kwargs
+
+    async def aclose(self) -> None:
+        """Close the provider clients; AgentSession does not close components it was given."""
+        adapters = [c for c in (self.stt, self.llm, self.tts) if c not in self.providers]
+        await asyncio.gather(*(c.aclose() for c in (*adapters, *self.providers)), return_exceptions=True)
+
+
+def _conn_options(timeout_ms: int, chain_length: int, fallback: FallbackConfig) -> APIConnectOptions:
+    return APIConnectOptions(
+        # a FallbackAdapter overrides max_retry with its own per-provider count; a lone provider
+        # keeps livekit's retries, having no other provider to turn to
+        max_retry=DEFAULT_API_CONNECT_OPTIONS.max_retry if chain_length == 1 else fallback.max_retry_per_provider,
+        retry_interval=fallback.retry_interval_ms / 1000,
+        timeout=timeout_ms / 1000,
+    )
+
+
+def _api_key(provider_name: str, settings: SettingsWithKeys) -> str:
+    key = PROVIDERS[provider_name].api_key(settings)
+    if key is None:  # pipeline_problems ran first; this keeps a later edit from sending no key
+        raise PipelineError([PipelineProblem("provider", f"no API key for {provider_name!r}")])
+    return key
+
+
+def _build_stt(entry: STTEntry, config: VoicePipelineConfig, settings: SettingsWithKeys) -> stt.STT:
+    builder = PROVIDERS[entry.provider].build_stt
+    assert builder is not None
+    return builder(entry, api_key=_api_key(entry.provider, settings), language=entry.language or config.language)
+
+
+def _build_llm(entry: ModelChainEntry, settings: SettingsWithKeys) -> llm.LLM:
+    builder = PROVIDERS[entry.provider].build_llm
+    assert builder is not None
+    return builder(entry, api_key=_api_key(entry.provider, settings))
+
+
+def _build_tts(entry: TTSEntry, config: VoicePipelineConfig, settings: SettingsWithKeys) -> tts.TTS:
+    builder = PROVIDERS[entry.provider].build_tts
+    assert builder is not None
+    return builder(entry, api_key=_api_key(entry.provider, settings), speed=config.tts_speed)
+
+
+def build_pipeline(config: VoicePipelineConfig, settings: SettingsWithKeys, *, vad: SharedVAD) -> BuiltPipeline:
+    """Raises `PipelineError` for a config with problems (see `pipelines.validate.pipeline_problems`)."""
+    problems = pipeline_problems(config, settings, where="pipeline")
+    if problems:
+        raise PipelineError(problems)
+    fb = config.fallback
+    call_vad = vad.for_pipeline(config)
+
+    stts = [_build_stt(e, config, settings) for e in config.stt_chain]
+    llms = [_build_llm(e, settings) for e in config.model_chain]
+    ttss = [_build_tts(e, config, settings) for e in config.tts_chain]
+
+    stt_out: stt.STT = stts[0]
+    if len(stts) > 1:
+        # the VAD wraps any non-streaming STT (OpenAI's) so that it can sit in a streaming chain
+        stt_out = stt.FallbackAdapter(
+            stts,
+            vad=call_vad,
+            attempt_timeout=fb.stt_attempt_timeout_ms / 1000,
+            max_retry_per_stt=fb.max_retry_per_provider,
+            retry_interval=fb.retry_interval_ms / 1000,
+        )
+    llm_out: llm.LLM = llms[0]
+    if len(llms) > 1:
+        llm_out = llm.FallbackAdapter(
+            llms,
+            attempt_timeout=fb.llm_attempt_timeout_ms / 1000,
+            max_retry_per_llm=fb.max_retry_per_provider,
+            retry_interval=fb.retry_interval_ms / 1000,
+        )
+    tts_out: tts.TTS = ttss[0]
+    if len(ttss) > 1:
+        # tts.FallbackAdapter has no timeout of its own: it uses the session's tts_conn_options
+        tts_out = tts.FallbackAdapter(ttss, max_retry_per_tts=fb.max_retry_per_provider)
+
+    conn_options = SessionConnectOptions(
+        stt_conn_options=_conn_options(fb.stt_attempt_timeout_ms, len(stts), fb),
+        llm_conn_options=_conn_options(fb.llm_attempt_timeout_ms, len(llms), fb),
+        tts_conn_options=_conn_options(fb.tts_attempt_timeout_ms, len(ttss), fb),
+    )
+    return BuiltPipeline(
+        config=config,
+        stt=stt_out,
+        llm=llm_out,
+        tts=tts_out,
+        vad=call_vad,
+        turn_handling=turn_handling_options(config),
+        conn_options=conn_options,
+        # the session's "away" state then matches the silence timeout that `CallLimits` enforces
+        user_away_timeout=config.silence_timeout_ms / 1000 if config.silence_timeout_ms else None,
+        providers=(*stts, *llms, *ttss),
+    )

@@ -1,0 +1,101 @@
+"""The two seed API documents, parsed at test time, and validators for every response the door gives.
+
+The seeds (`/work/shared/seeds/`, or `$VOICE_WORKER_SEEDS_DIR`) are Markdown pages with the OpenAPI excerpt
+inside a ```` fence; the YAML between the fences is the contract. Parsing them each run means the tests
+check the door against the documents themselves, not against a copy that could drift.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from jsonschema.validators import validator_for
+
+SEEDS_DIR = Path(os.environ.get("VOICE_WORKER_SEEDS_DIR", "/work/shared/seeds"))
+FEATHER_SEED = "000_f2ddc616678da03a.txt"
+REVDESK_SEED = "001_572ed52e6335432a.txt"
+FEATHER_PATH = "/v1/voice/web-call"
+REVDESK_PATH = "/v1/agents/{id}/web-call"
+
+_FENCE = re.compile(r"^````yaml[^\n]*\n(.*?)^````", re.S | re.M)
+
+
+def seeds_available() -> bool:
+    return (SEEDS_DIR / FEATHER_SEED).is_file() and (SEEDS_DIR / REVDESK_SEED).is_file()
+
+
+@cache
+def seed_document(name: str) -> dict[str, Any]:
+    text = (SEEDS_DIR / name).read_text(encoding="utf-8")
+    match = _FENCE.search(text)
+    if match is None:
+        raise AssertionError(f"{name}: no ````yaml fence found")
+    document = yaml.safe_load(match.group(1))
+    assert isinstance(document, dict) and "paths" in document, f"{name}: the fence holds no OpenAPI document"
+    return document
+
+
+def feather() -> dict[str, Any]:
+    return seed_document(FEATHER_SEED)
+
+
+def revdesk() -> dict[str, Any]:
+    return seed_document(REVDESK_SEED)
+
+
+def _operation(document: dict[str, Any], path: str) -> dict[str, Any]:
+    return document["paths"][path]["post"]
+
+
+def response_schema(document: dict[str, Any], path: str, status: int) -> dict[str, Any] | None:
+    """The seed's JSON schema for `status` on `path`, with the document's components for `$ref`s."""
+    response = _operation(document, path)["responses"].get(str(status))
+    if response is None:
+        return None
+    schema = dict(response["content"]["application/json"]["schema"])
+    schema.pop("$schema", None)
+    schema["components"] = document.get("components", {})
+    return schema
+
+
+def validate(instance: Any, schema: dict[str, Any]) -> None:
+    """Raise `jsonschema.ValidationError` unless `instance` conforms (formats such as uuid/uri included)."""
+    cls = validator_for(schema, default=jsonschema.Draft202012Validator)
+    cls(schema, format_checker=jsonschema.FormatChecker()).validate(instance)
+
+
+def seed_statuses(document: dict[str, Any], path: str) -> set[str]:
+    return set(_operation(document, path)["responses"])
+
+
+def resolve(schema: Any, root: dict[str, Any]) -> Any:
+    """`schema` with every local `$ref` inlined (the door's and the seeds' schemas have no cycles)."""
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            target: Any = root
+            for part in schema["$ref"].removeprefix("#/").split("/"):
+                target = target[part.replace("~1", "/").replace("~0", "~")]
+            merged = {**resolve(target, root), **{k: v for k, v in schema.items() if k != "$ref"}}
+            return resolve(merged, root)
+        return {k: resolve(v, root) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [resolve(item, root) for item in schema]
+    return schema
+
+
+_PROSE = {"title", "description", "$schema"}
+
+
+def shape(schema: Any) -> Any:
+    """`schema` without prose (titles, descriptions): what a client can rely on."""
+    if isinstance(schema, dict):
+        return {k: shape(v) for k, v in schema.items() if k not in _PROSE}
+    if isinstance(schema, list):
+        return [shape(item) for item in schema]
+    return schema
