@@ -1,31 +1,46 @@
 """The livekit `Agent` that speaks for one catalog agent during a call.
 
 Its instructions are the revision's system prompt rendered over the call's variables; its tools are what the
-revision (and, once chosen, the procedure) grants. The supervisor (procedures/supervisor.py) changes the
-instructions and tools when it picks a procedure.
+revision grants before a procedure is chosen (end the call, record a derived variable, and in a team the
+handoff to another member). Once the supervisor (procedures/supervisor.py) has chosen a procedure, the
+agent runs under `instructions_for(procedure)` (the system prompt followed by the procedure's instructions)
+and `tools_for(procedure)` (the procedure's tools). The supervisor also takes over `llm_node` for turn 1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
+from typing import Any
 
 from livekit.agents import Agent, llm
+from livekit.agents.voice.agent import ModelSettings
 
-from catalog.models import Revision
+from catalog.models import Procedure, Revision, ToolName
+from procedures.supervisor import Supervisor
 from procedures.templates import render
 from procedures.tools import end_call_tool, record_variable_tool
 from procedures.variables import CallVariables
 
+AgentTool = llm.Tool | llm.Toolset
 
-def default_tools(variables: CallVariables, on_end: Callable[[str], None]) -> list[llm.Tool | llm.Toolset]:
-    tools: list[llm.Tool | llm.Toolset] = [end_call_tool(on_end)]
+
+def default_tools(variables: CallVariables, on_end: Callable[[str], None]) -> list[AgentTool]:
+    tools: list[AgentTool] = [end_call_tool(on_end)]
     recorder = record_variable_tool(variables)
     if recorder is not None:
         tools.append(recorder)
     return tools
 
 
+def _tool_ids(tools: Sequence[AgentTool]) -> frozenset[str]:
+    """The function names the LLM sees for these tools (a toolset contributes each of its functions)."""
+    return frozenset(llm.ToolContext(list(tools)).function_tools)
+
+
 class CallAgent(Agent):
+    """`handoff_tool` is the team's transfer tool (team calls only); `extra_tools` are always available,
+    whatever the procedure; `reply_on_enter` makes the agent answer as soon as it takes over (a handoff)."""
+
     def __init__(
         self,
         *,
@@ -33,12 +48,61 @@ class CallAgent(Agent):
         variables: CallVariables,
         on_end: Callable[[str], None],
         chat_ctx: llm.ChatContext | None = None,
-        extra_tools: Sequence[llm.Tool | llm.Toolset] = (),
+        extra_tools: Sequence[AgentTool] = (),
+        handoff_tool: llm.Tool | None = None,
+        supervisor: Supervisor | None = None,
+        reply_on_enter: bool = False,
     ) -> None:
         self.revision = revision
         self.variables = variables
+        self.supervisor = supervisor
+        self.reply_on_enter = reply_on_enter
+        recorder = record_variable_tool(variables)
+        self._granted: dict[ToolName, list[AgentTool]] = {
+            "end_call": [end_call_tool(on_end)],
+            "record_variable": [recorder] if recorder is not None else [],
+            "handoff": [handoff_tool] if handoff_tool is not None else [],
+        }
+        self._always: list[AgentTool] = list(extra_tools)
         super().__init__(
             instructions=render(revision.system_prompt, variables.template_values()),
-            tools=[*default_tools(variables, on_end), *extra_tools],
+            tools=self.tools_for(None),
             chat_ctx=chat_ctx,
         )
+        if supervisor is not None:
+            supervisor.bind(self)
+
+    def instructions_for(self, procedure: Procedure | None) -> str:
+        """The system prompt, then the procedure's instructions, rendered over the variables as they are now."""
+        values = self.variables.template_values()
+        base = render(self.revision.system_prompt, values)
+        if procedure is None:
+            return base
+        steps = render(procedure.instructions, values)
+        return f"{base}\n\nFollow this procedure for the rest of the call ({procedure.name}):\n{steps}"
+
+    def tools_for(self, procedure: Procedure | None) -> list[AgentTool]:
+        """Before a choice (None) every tool the agent has; under a procedure, the ones it grants."""
+        names: Sequence[ToolName] = tuple(self._granted) if procedure is None else procedure.tools
+        granted = [tool for name in dict.fromkeys(names) for tool in self._granted.get(name, [])]
+        return [*granted, *self._always]
+
+    def tool_ids_for(self, procedure: Procedure | None) -> frozenset[str]:
+        return _tool_ids(self.tools_for(procedure))
+
+    def llm_node(
+        self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
+    ) -> AsyncIterable[llm.ChatChunk | str] | Any:
+        if self.supervisor is None:
+            return Agent.default.llm_node(self, chat_ctx, tools, model_settings)
+        return self.supervisor.llm_node(chat_ctx, tools, model_settings)
+
+    async def on_enter(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.start(self.session, self.chat_ctx)
+        if self.reply_on_enter:
+            self.session.generate_reply()
+
+    async def on_exit(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()

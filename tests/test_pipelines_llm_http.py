@@ -89,7 +89,7 @@ async def start_session(settings, shared_vad):
 
 async def reply_text(session: AgentSession, user_input: str) -> str:
     result = await session.run(user_input=user_input)
-    message = result.expect.next_event(type="message").is_message(role="assistant").event().item
+    message = result.expect.next_event().is_message(role="assistant").event().item
     return message.text_content or ""
 
 

@@ -12,8 +12,10 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession, RunContext, function_tool, llm
 from livekit.agents._exceptions import APIConnectionError, APIStatusError
 from livekit.agents.types import APIConnectOptions
+from livekit.agents.vad import VAD
 from livekit.agents.voice.events import ConversationItemAddedEvent
 from livekit.agents.voice.io import PlaybackFinishedEvent, PlaybackStartedEvent
+from livekit.agents.voice.run_result import RunResult
 from livekit.plugins import silero
 
 from tests.doubles.audio_io import CapturingAudioOutput, ScriptedAudioInput
@@ -36,7 +38,7 @@ def speech_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vad() -> silero.VAD:
+def vad() -> VAD:
     return silero.VAD.load()
 
 
@@ -70,23 +72,24 @@ async def test_text_conversation_with_tool_call() -> None:
     async with AgentSession(llm=fake) as session:
         await session.start(agent)
 
-        result = await session.run(user_input="hi")
-        result.expect.next_event().is_message(role="assistant")
+        result: RunResult[None] = await session.run(user_input="hi")
+        greeting = result.expect.next_event().is_message(role="assistant").event().item
         result.expect.no_more_events()
-        assert result.events[0].item.text_content == "Hi, I can help with orders."
+        assert greeting.text_content == "Hi, I can help with orders."
 
         result = await session.run(user_input="where is order 42?")
         result.expect.next_event().is_function_call(
             name="lookup_order", arguments={"order_id": "42"}
         )
         result.expect.next_event().is_function_call_output()
-        result.expect.next_event().is_message(role="assistant")
+        answer = result.expect.next_event().is_message(role="assistant").event().item
         result.expect.no_more_events()
+        assert answer.text_content == "Your order shipped yesterday."
 
         # the script is spent, so the default echo answers
         result = await session.run(user_input="thanks")
-        result.expect.next_event().is_message(role="assistant")
-        assert result.events[0].item.text_content == "You said: thanks"
+        echo = result.expect.next_event().is_message(role="assistant").event().item
+        assert echo.text_content == "You said: thanks"
 
     assert agent.looked_up == ["42"]
     assert [c.last_user_text for c in fake.calls] == [
@@ -112,9 +115,9 @@ async def test_llm_error_falls_back_to_next_provider() -> None:
     fallback = llm.FallbackAdapter([broken, healthy], max_retry_per_llm=0)
     async with AgentSession(llm=fallback) as session:
         await session.start(Agent(instructions="Be brief."))
-        result = await session.run(user_input="hello?")
-        result.expect.next_event().is_message(role="assistant")
-        assert result.events[0].item.text_content == "Backup here."
+        result: RunResult[None] = await session.run(user_input="hello?")
+        reply = result.expect.next_event().is_message(role="assistant").event().item
+        assert reply.text_content == "Backup here."
 
     assert broken.calls and isinstance(broken.calls[0].error, APIStatusError)
     assert healthy.calls[0].last_user_text == "hello?"
@@ -124,8 +127,9 @@ async def test_llm_retries_consume_the_script() -> None:
     fake = FakeLLM([Reply(error=APIConnectionError()), "Second attempt."])
     async with AgentSession(llm=fake) as session:
         await session.start(Agent(instructions="Be brief."))
-        result = await session.run(user_input="hi")
-        assert result.events[-1].item.text_content == "Second attempt."
+        result: RunResult[None] = await session.run(user_input="hi")
+        reply = result.expect.next_event().is_message(role="assistant").event().item
+        assert reply.text_content == "Second attempt."
     assert len(fake.calls) == 2 and fake.calls[0].error is not None and fake.remaining == 0
 
 
@@ -234,7 +238,7 @@ async def test_wav_fixtures_compose_speech_and_pauses(speech_cache: Path) -> Non
     assert again.duration == pytest.approx(a_end)
 
 
-def _voice_session(vad: silero.VAD, stt: FakeSTT, fake_llm: FakeLLM, tts: FakeTTS) -> AgentSession:
+def _voice_session(vad: VAD, stt: FakeSTT, fake_llm: FakeLLM, tts: FakeTTS) -> AgentSession:
     return AgentSession(
         vad=vad,
         stt=stt,
@@ -259,7 +263,7 @@ def _assistant_messages(session: AgentSession) -> asyncio.Queue[llm.ChatMessage]
     return queue
 
 
-async def test_voice_turn_roomless_session(speech_cache: Path, vad: silero.VAD) -> None:
+async def test_voice_turn_roomless_session(speech_cache: Path, vad: VAD) -> None:
     require_espeak()
     said = "I would like to check on my order please."
     inp = ScriptedAudioInput([0.3, synthesize_speech(said, cache_dir=speech_cache), 2.0])
@@ -299,7 +303,7 @@ async def test_voice_turn_roomless_session(speech_cache: Path, vad: silero.VAD) 
     )
 
 
-async def test_barge_in_clears_agent_audio(speech_cache: Path, vad: silero.VAD) -> None:
+async def test_barge_in_clears_agent_audio(speech_cache: Path, vad: VAD) -> None:
     require_espeak()
     first = "I would like to check on my order please."
     second = "Wait, I have another question."

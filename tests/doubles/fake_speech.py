@@ -20,6 +20,7 @@ import numpy as np
 from livekit import rtc
 from livekit.agents import stt, tts, utils
 from livekit.agents._exceptions import APIError
+from livekit.agents.language import LanguageCode
 from livekit.agents.types import (
     DEFAULT_API_CONNECT_OPTIONS,
     NOT_GIVEN,
@@ -108,7 +109,9 @@ class FakeSTT(stt.STT):
             request_id=f"fake-stt-{request.index}",
             alternatives=[
                 stt.SpeechData(
-                    language=language if isinstance(language, str) else self._language,
+                    language=LanguageCode(
+                        language if isinstance(language, str) else self._language
+                    ),
                     text=request.transcript,
                     confidence=1.0,
                 )
