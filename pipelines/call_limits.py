@@ -8,7 +8,8 @@ and closing message.
 Silence means: the caller is not speaking and the agent is neither thinking nor speaking. The clock
 restarts whenever either side does something, so a slow LLM turn or a long agent answer never counts as
 caller silence. After `silence_timeout_ms` of it the agent says `silence_reminder_message` (up to
-`silence_reminder_count` times in a row; the count starts over when the caller speaks); the next
+`silence_reminder_count` times in a row; the count starts over when the caller speaks or a user
+message arrives); the next
 timeout ends the call, after `silence_end_message` when `silence_end_action` is `speak_then_hangup`.
 A `silence_timeout_ms` of 0 or null turns the silence timeout off; a missing reminder message means
 no reminders.
@@ -22,8 +23,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from livekit.agents import AgentSession
-from livekit.agents.voice.events import AgentStateChangedEvent, CloseEvent, UserStateChangedEvent
+from livekit.agents import AgentSession, llm
+from livekit.agents.voice.events import (
+    AgentStateChangedEvent,
+    CloseEvent,
+    ConversationItemAddedEvent,
+    UserStateChangedEvent,
+)
 
 from catalog.pipeline_config import VoicePipelineConfig
 
@@ -73,6 +79,7 @@ class CallLimits:
             self._max_timer = loop.call_later(self._max_duration_s, self._end, MAX_CALL_DURATION)
         self._session.on("user_state_changed", self._on_user_state)
         self._session.on("agent_state_changed", self._on_agent_state)
+        self._session.on("conversation_item_added", self._on_item)
         self._session.on("close", self._on_close)
         self._rearm()
 
@@ -84,6 +91,7 @@ class CallLimits:
         self._cancel_timers()
         self._session.off("user_state_changed", self._on_user_state)
         self._session.off("agent_state_changed", self._on_agent_state)
+        self._session.off("conversation_item_added", self._on_item)
         self._session.off("close", self._on_close)
 
     async def aclose(self) -> None:
@@ -102,6 +110,12 @@ class CallLimits:
 
     def _on_agent_state(self, ev: AgentStateChangedEvent) -> None:
         self._rearm()
+
+    def _on_item(self, ev: ConversationItemAddedEvent) -> None:
+        # a typed or transcribed user message counts as the caller being back, even without VAD speech
+        if isinstance(ev.item, llm.ChatMessage) and ev.item.role == "user":
+            self._reminders_sent = 0
+            self._rearm()
 
     def _on_close(self, ev: CloseEvent) -> None:
         self.stop()

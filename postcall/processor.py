@@ -77,7 +77,7 @@ class PostCallProcessor:
             errors.append(f"{name}: timed out after {self._timeout_s:g} s")
         except Exception as exc:
             errors.append(f"{name}: {_describe(exc)}")
-        logger.warning("post-call step failed", extra={"step": name, "error": errors[-1]})
+        logger.warning("post-call step failed: %s", errors[-1])
         return False, None
 
     async def process(self, outcome: SessionOutcome) -> SessionRecord | None:
@@ -85,10 +85,7 @@ class PostCallProcessor:
         errors: list[str] = []
         ok, record = await self._step("record", errors, lambda: self._store.complete(outcome))
         if not ok or record is None:
-            logger.error(
-                "session outcome could not be recorded",
-                extra={"session_id": str(outcome.session_id), "error": errors[-1]},
-            )
+            logger.error("session %s: outcome could not be recorded: %s", outcome.session_id, errors[-1])
             return None
 
         if record.session_type is SessionType.TEST:
@@ -171,10 +168,7 @@ class PostCallProcessor:
                 ),
             )
             if not ok:
-                logger.error(
-                    "post-call results could not be recorded",
-                    extra={"session_id": str(outcome.session_id), "error": errors[-1]},
-                )
+                logger.error("session %s: post-call results could not be recorded: %s", outcome.session_id, errors[-1])
                 return None
         if payload is not None and self._on_enqueued is not None:
             self._on_enqueued()

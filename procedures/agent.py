@@ -39,7 +39,8 @@ def _tool_ids(tools: Sequence[AgentTool]) -> frozenset[str]:
 
 class CallAgent(Agent):
     """`handoff_tool` is the team's transfer tool (team calls only); `extra_tools` are always available,
-    whatever the procedure; `reply_on_enter` makes the agent answer as soon as it takes over (a handoff)."""
+    whatever the procedure; `reply_on_enter` makes the agent answer as soon as it takes over (a handoff);
+    `label` names the agent in the session's history (a team member's router name)."""
 
     def __init__(
         self,
@@ -52,6 +53,7 @@ class CallAgent(Agent):
         handoff_tool: llm.Tool | None = None,
         supervisor: Supervisor | None = None,
         reply_on_enter: bool = False,
+        label: str | None = None,
     ) -> None:
         self.revision = revision
         self.variables = variables
@@ -68,6 +70,7 @@ class CallAgent(Agent):
             instructions=render(revision.system_prompt, variables.template_values()),
             tools=self.tools_for(None),
             chat_ctx=chat_ctx,
+            id=label,
         )
         if supervisor is not None:
             supervisor.bind(self)

@@ -38,6 +38,7 @@ from tests.doubles.door_world import (
     KEY_SUPPORT_ONLY,
     SALES_AGENT,
     SUPPORT_AGENT,
+    UNKNOWN_AGENT,
     make_settings,
 )
 
@@ -52,9 +53,12 @@ CHECKS = (
     ignored_auth,
 )
 
-AGENTS = [SUPPORT_AGENT, SALES_AGENT, DISABLED_AGENT]
+AGENTS = [SUPPORT_AGENT, SALES_AGENT, DISABLED_AGENT, UNKNOWN_AGENT]
 TEAMS = [FRONT_DESK_TEAM, DISABLED_TEAM]
+# Weighted towards callable targets so that successes are fuzzed as often as refusals.
+TARGETS = [None, SUPPORT_AGENT, SUPPORT_AGENT, SALES_AGENT, FRONT_DESK_TEAM, FRONT_DESK_TEAM, *AGENTS[2:], *TEAMS[1:]]
 SEEDS = [
+    None,
     None,
     {"tier": "gold"},
     {"order_count": "7", "wants_callback": "no"},
@@ -125,8 +129,8 @@ def test_fuzz_web_call_routes(tmp_path: Path, path: str) -> None:
     )
     @given(
         case=cases,
-        auth=st.sampled_from(["all", "all", "scoped", "generated", "none"]),
-        target=st.sampled_from([None, *AGENTS, *TEAMS]),
+        auth=st.sampled_from(["all"] * 4 + ["scoped", "generated", "none"]),
+        target=st.sampled_from(TARGETS),
         seeds=st.sampled_from(SEEDS),
     )
     def run(case: schemathesis.Case, auth: str, target: Any, seeds: Any) -> None:

@@ -60,3 +60,12 @@ def test_settings_read_the_environment(monkeypatch):
     assert settings.agent_name == "fleet-a"
     assert settings.livekit_url == "wss://example.livekit.cloud"
     assert "lk-secret" not in repr(make(**GOOD))
+
+
+def test_env_example_lists_every_setting():
+    from pathlib import Path
+
+    example = (Path(__file__).resolve().parent.parent / ".env.example").read_text()
+    listed = {line.lstrip("# ").split("=", 1)[0] for line in example.splitlines() if "=" in line}
+    aliases = {field.validation_alias for field in Settings.model_fields.values()}
+    assert aliases - listed == set(), f"settings missing from .env.example: {sorted(aliases - listed)}"
