@@ -23,8 +23,11 @@ from door.idempotency import IdempotencyStore
 from door.keys import key_ring_for
 from door.ratelimit import RateLimiter
 from door.schemas import Health
+from door.server import serve
 from door.sessions import SessionCreator, default_session_creator
 from worker.settings import Settings
+
+__all__ = ["create_app", "serve"]
 
 log = logging.getLogger("voice_worker.door")
 

@@ -52,6 +52,8 @@ class WebCallService:
         key: ApiKey,
         target: CallTarget,
         context_variables: dict[str, Any] | None = None,
+        *,
+        session_type: SessionType = WEB_CALL_SESSION_TYPE,
     ) -> MintedCall:
         """A minted call for `target`, its session recorded. Raises `door.errors.DoorError` or `ContextVarErrors`."""
         allowed = key.scopes.allows_agent(target.id) if target.kind == "agent" else key.scopes.allows_team(target.id)
@@ -84,7 +86,7 @@ class WebCallService:
         team_id = target.id if target.kind == "team" else None
         minted = mint_call(
             self._settings,
-            session_type=WEB_CALL_SESSION_TYPE,
+            session_type=session_type,
             agent_id=agent_id,
             team_id=team_id,
             context_variables=seeds or None,
@@ -93,7 +95,7 @@ class WebCallService:
             await create_session(
                 self._session_creator,
                 session_id=minted.session_id,
-                session_type=WEB_CALL_SESSION_TYPE,
+                session_type=session_type,
                 agent_id=agent_id,
                 team_id=team_id,
                 context_variables=seeds or None,

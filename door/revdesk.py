@@ -41,8 +41,14 @@ to this agent); 404 `not_found` (unknown agent, or an id that is not a UUID); 40
 """
 
 
-def envelope(status_code: int, code: str, message: str, *, fields: dict[str, str] | None = None,
-             headers: dict[str, str] | None = None) -> JSONResponse:
+def envelope(
+    status_code: int,
+    code: str,
+    message: str,
+    *,
+    fields: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     error: dict[str, Any] = {"code": code, "message": message}
     if fields:
         error["fields"] = fields

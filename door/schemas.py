@@ -22,7 +22,11 @@ REVDESK_UUID_PATTERN = (
 
 # OpenAPI header object for 429 responses on both routes.
 RETRY_AFTER_HEADER = {
-    "Retry-After": {"description": "Seconds until the key may call again.", "required": True, "schema": {"type": "integer"}}
+    "Retry-After": {
+        "description": "Seconds until the key may call again.",
+        "required": True,
+        "schema": {"type": "integer"},
+    }
 }
 
 

@@ -7,14 +7,18 @@ import logging
 import uvicorn
 from fastapi import FastAPI
 
-from door.app import create_app
 from worker.settings import Settings
 
 
 def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Server:
     """A uvicorn server for the door on `DOOR_HOST:DOOR_PORT`, not yet started."""
+    if app is None:
+        # Imported here so that door.app can re-export `serve` (the CLI imports it from there).
+        from door.app import create_app
+
+        app = create_app(settings)
     config = uvicorn.Config(
-        app if app is not None else create_app(settings),
+        app,
         host=settings.door_host,
         port=settings.door_port,
         # One process: rate limits and idempotency keys live in it.
@@ -27,4 +31,5 @@ def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Serv
 
 
 def serve(settings: Settings) -> None:
+    """Serve the door until SIGINT/SIGTERM. Raises `SettingsError` before binding when misconfigured."""
     build_server(settings).run()

@@ -2,7 +2,7 @@
 
 The door needs one thing from storage: create the session row before the browser joins, so the worker and
 post-call processing find it. Any object with a `create_session(...)` method (sync or async) will do; the
-default is `records.store.SessionStore` on `DATABASE_URL`.
+default is `records.store.SessionStore` on `DATABASE_URL` (async; its own worker threads do the blocking).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio.to_thread
 
 from worker.dispatch import SessionType
-from worker.settings import Settings, SettingsError
+from worker.settings import Settings
 
 
 @runtime_checkable
@@ -54,12 +54,11 @@ async def create_session(
 
 
 def default_session_creator(settings: Settings) -> SessionCreator:
-    """`records.store.SessionStore(DATABASE_URL)`; a `SettingsError` when that module is not installed."""
-    try:
-        from records.store import SessionStore
-    except ImportError as exc:
-        raise SettingsError(
-            f"the door records sessions with records.store.SessionStore, which cannot be imported ({exc.name}); "
-            "pass session_creator= to door.app.create_app"
-        ) from None
-    return SessionStore(settings.database_url)
+    """`records.store.SessionStore` on `DATABASE_URL`, its schema brought current first (as the worker does)."""
+    # Imported here: a door given its own creator (tests, another store) needs no database stack.
+    from records.migrate import upgrade
+    from records.store import SessionStore
+
+    upgrade(settings.database_url)
+    store: SessionCreator = SessionStore.from_settings(settings)
+    return store

@@ -85,6 +85,16 @@ def _conn_options(timeout_ms: int, chain_length: int, fallback: FallbackConfig) 
     )
 
 
+def session_connect_options(config: VoicePipelineConfig) -> SessionConnectOptions:
+    """`AgentSession(conn_options=...)`: the config's timeouts for every provider request."""
+    fb = config.fallback
+    return SessionConnectOptions(
+        stt_conn_options=_conn_options(fb.stt_attempt_timeout_ms, len(config.stt_chain), fb),
+        llm_conn_options=_conn_options(fb.llm_attempt_timeout_ms, len(config.model_chain), fb),
+        tts_conn_options=_conn_options(fb.tts_attempt_timeout_ms, len(config.tts_chain), fb),
+    )
+
+
 def _api_key(provider_name: str, settings: SettingsWithKeys) -> str:
     key = PROVIDERS[provider_name].api_key(settings)
     if key is None:  # pipeline_problems ran first; this keeps a later edit from sending no key
@@ -110,13 +120,47 @@ def _build_tts(entry: TTSEntry, config: VoicePipelineConfig, settings: SettingsW
     return builder(entry, api_key=_api_key(entry.provider, settings), speed=config.tts_speed)
 
 
-def build_pipeline(config: VoicePipelineConfig, settings: SettingsWithKeys, *, vad: SharedVAD) -> BuiltPipeline:
-    """Raises `PipelineError` for a config with problems (see `pipelines.validate.pipeline_problems`)."""
+def _llm_chain(llms: list[llm.LLM], fb: FallbackConfig) -> llm.LLM:
+    if len(llms) == 1:
+        return llms[0]
+    return llm.FallbackAdapter(
+        llms,
+        attempt_timeout=fb.llm_attempt_timeout_ms / 1000,
+        max_retry_per_llm=fb.max_retry_per_provider,
+        retry_interval=fb.retry_interval_ms / 1000,
+    )
+
+
+def build_llm(config: VoicePipelineConfig, settings: SettingsWithKeys) -> llm.LLM:
+    """Only the model chain, for text sessions (console, tests): STT and TTS keys are not required.
+    Pair it with `AgentSession(conn_options=session_connect_options(config))` for the config's timeouts;
+    close it with `aclose_llm`."""
+    problems = [
+        p for p in pipeline_problems(config, settings, where="pipeline") if p.field.startswith("pipeline.model_chain")
+    ]
+    if problems:
+        raise PipelineError(problems)
+    return _llm_chain([_build_llm(e, settings) for e in config.model_chain], config.fallback)
+
+
+async def aclose_llm(model: llm.LLM) -> None:
+    """Close what `build_llm` returned: a FallbackAdapter does not close the LLMs it holds."""
+    inner: list[llm.LLM] = list(model._llm_instances) if isinstance(model, llm.FallbackAdapter) else []
+    await asyncio.gather(*(m.aclose() for m in (model, *inner)), return_exceptions=True)
+
+
+def build_pipeline(
+    config: VoicePipelineConfig, settings: SettingsWithKeys, *, vad: SharedVAD | None
+) -> BuiltPipeline:
+    """Raises `PipelineError` for a config with problems (see `pipelines.validate.pipeline_problems`).
+
+    `vad` is the process's `SharedVAD` (loaded in the worker's setup function); None loads a model for
+    this pipeline alone, which suits a one-off process such as the console but not a worker."""
     problems = pipeline_problems(config, settings, where="pipeline")
     if problems:
         raise PipelineError(problems)
     fb = config.fallback
-    call_vad = vad.for_pipeline(config)
+    call_vad = (vad or SharedVAD.load()).for_pipeline(config)
 
     stts = [_build_stt(e, config, settings) for e in config.stt_chain]
     llms = [_build_llm(e, settings) for e in config.model_chain]
@@ -132,24 +176,12 @@ def build_pipeline(config: VoicePipelineConfig, settings: SettingsWithKeys, *, v
             max_retry_per_stt=fb.max_retry_per_provider,
             retry_interval=fb.retry_interval_ms / 1000,
         )
-    llm_out: llm.LLM = llms[0]
-    if len(llms) > 1:
-        llm_out = llm.FallbackAdapter(
-            llms,
-            attempt_timeout=fb.llm_attempt_timeout_ms / 1000,
-            max_retry_per_llm=fb.max_retry_per_provider,
-            retry_interval=fb.retry_interval_ms / 1000,
-        )
+    llm_out = _llm_chain(llms, fb)
     tts_out: tts.TTS = ttss[0]
     if len(ttss) > 1:
         # tts.FallbackAdapter has no timeout of its own: it uses the session's tts_conn_options
         tts_out = tts.FallbackAdapter(ttss, max_retry_per_tts=fb.max_retry_per_provider)
 
-    conn_options = SessionConnectOptions(
-        stt_conn_options=_conn_options(fb.stt_attempt_timeout_ms, len(stts), fb),
-        llm_conn_options=_conn_options(fb.llm_attempt_timeout_ms, len(llms), fb),
-        tts_conn_options=_conn_options(fb.tts_attempt_timeout_ms, len(ttss), fb),
-    )
     return BuiltPipeline(
         config=config,
         stt=stt_out,
@@ -157,7 +189,7 @@ def build_pipeline(config: VoicePipelineConfig, settings: SettingsWithKeys, *, v
         tts=tts_out,
         vad=call_vad,
         turn_handling=turn_handling_options(config),
-        conn_options=conn_options,
+        conn_options=session_connect_options(config),
         # the session's "away" state then matches the silence timeout that `CallLimits` enforces
         user_away_timeout=config.silence_timeout_ms / 1000 if config.silence_timeout_ms else None,
         providers=(*stts, *llms, *ttss),

@@ -13,6 +13,7 @@ min(retry_max_s, retry_base_s * 2**(n-1)), raised to a numeric Retry-After when 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -132,9 +133,7 @@ class OutboxDelivery:
         else:
             if 200 <= response.status_code < 300:
                 await self._store.mark_outbox_delivered(item.id, at=self._store.now())
-                logger.info(
-                    "webhook delivered", extra={"session_id": str(item.session_id), "attempts": item.attempts}
-                )
+                logger.info("session %s: webhook delivered (attempt %d)", item.session_id, item.attempts)
                 return True
             error = f"HTTP {response.status_code}"
             retry_after = _retry_after_s(response)
@@ -146,14 +145,19 @@ class OutboxDelivery:
             item.id, error=error, next_attempt_at=self._store.now() + timedelta(seconds=delay)
         )
         logger.warning(
-            "webhook delivery failed; will retry",
-            extra={"session_id": str(item.session_id), "attempts": item.attempts, "error": error, "retry_in_s": delay},
+            "session %s: webhook attempt %d failed (%s); retrying in %.1f s",
+            item.session_id,
+            item.attempts,
+            error,
+            delay,
         )
         return False
 
     async def drain_once(self) -> DrainResult:
         """One attempt at every entry due now (up to the batch size)."""
-        items = await self._store.claim_due_outbox(now=self._store.now(), limit=self._batch_size, lease=self._lease)
+        items = await self._store.claim_due_outbox(
+            now=self._store.now(), limit=self._batch_size, lease=self._lease
+        )
         delivered = 0
         for item in items:
             if await self._deliver(item):
@@ -165,10 +169,8 @@ class OutboxDelivery:
         due = await self._store.next_outbox_due_at()
         if due is not None:
             delay = min(max((due - self._store.now()).total_seconds(), 0.0), self._poll_interval_s)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=delay)
-        except TimeoutError:
-            pass
 
     async def run(self) -> None:
         """Deliver until `stop()` or `flush()`; database or network trouble is logged and retried."""
@@ -184,10 +186,8 @@ class OutboxDelivery:
                     await self._sleep_until_due()
                 except Exception:
                     logger.exception("outbox delivery loop error; retrying after the poll interval")
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
-                    except TimeoutError:
-                        pass
         finally:
             self._idle.set()
 

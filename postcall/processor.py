@@ -69,7 +69,9 @@ class PostCallProcessor:
         self._memory_extractor = memory_extractor
         self._on_enqueued = on_enqueued
 
-    async def _step(self, name: str, errors: list[str], work: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
+    async def _step(
+        self, session_id: object, name: str, errors: list[str], work: Callable[[], Awaitable[T]]
+    ) -> tuple[bool, T | None]:
         try:
             async with asyncio.timeout(self._timeout_s):
                 return True, await work()
@@ -77,13 +79,15 @@ class PostCallProcessor:
             errors.append(f"{name}: timed out after {self._timeout_s:g} s")
         except Exception as exc:
             errors.append(f"{name}: {_describe(exc)}")
-        logger.warning("post-call step failed: %s", errors[-1])
+        logger.warning("session %s: post-call step failed: %s", session_id, errors[-1])
         return False, None
 
     async def process(self, outcome: SessionOutcome) -> SessionRecord | None:
         """Returns the finished record, or None when not even the outcome could be stored (logged)."""
         errors: list[str] = []
-        ok, record = await self._step("record", errors, lambda: self._store.complete(outcome))
+        ok, record = await self._step(
+            outcome.session_id, "record", errors, lambda: self._store.complete(outcome)
+        )
         if not ok or record is None:
             logger.error("session %s: outcome could not be recorded: %s", outcome.session_id, errors[-1])
             return None
@@ -119,7 +123,7 @@ class PostCallProcessor:
             finally:
                 await model.aclose()
 
-        ok, summary = await self._step("summary", errors, run)
+        ok, summary = await self._step(outcome.session_id, "summary", errors, run)
         if not ok:
             return None, SummaryState.FAILED
         return (summary, SummaryState.COMPLETED) if summary is not None else (None, SummaryState.SKIPPED)
@@ -136,7 +140,7 @@ class PostCallProcessor:
             known = await self._store.facts_for(end_user_id)
             return await extractor.extract(outcome, known)
 
-        ok, facts = await self._step("memory", errors, run)
+        ok, facts = await self._step(outcome.session_id, "memory", errors, run)
         if not ok or facts is None:
             return MemoryState.PENDING, None
         return MemoryState.SYNCED, facts
@@ -145,6 +149,7 @@ class PostCallProcessor:
         payload = webhook_payload if self._webhook else None
         errors: list[str] = []
         ok, record = await self._step(
+            outcome.session_id,
             "finish",
             errors,
             lambda: self._store.finish_postcall(
@@ -161,6 +166,7 @@ class PostCallProcessor:
                 postcall_error="; ".join(fallback_errors),
             )
             ok, record = await self._step(
+                outcome.session_id,
                 "finish-fallback",
                 errors,
                 lambda: self._store.finish_postcall(
@@ -168,7 +174,9 @@ class PostCallProcessor:
                 ),
             )
             if not ok:
-                logger.error("session %s: post-call results could not be recorded: %s", outcome.session_id, errors[-1])
+                logger.error(
+                    "session %s: post-call results could not be recorded: %s", outcome.session_id, errors[-1]
+                )
                 return None
         if payload is not None and self._on_enqueued is not None:
             self._on_enqueued()

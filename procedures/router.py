@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ from livekit.agents import llm
 from livekit.agents import APITimeoutError
 from livekit.agents.llm import RawFunctionTool, function_tool
 from livekit.agents.types import APIConnectOptions
+
+from catalog.pipeline_config import ModelChainEntry
+from pipelines.providers import PROVIDERS, SettingsWithKeys
+
+log = logging.getLogger("voice_worker.router")
 
 NONE = "none"
 CHOICE_PARAMETER = "name"
@@ -186,3 +192,36 @@ class ConstrainedRouter:
             return None
         value = parsed.get(CHOICE_PARAMETER) if isinstance(parsed, dict) else None
         return value if isinstance(value, str) else None
+
+
+class RouterModels:
+    """The router model of each `router_model_settings` entry, built once per call from the providers table.
+
+    No entry means the call's own LLM (the pipeline's model chain, primary first), as the catalog documents.
+    An entry this worker cannot build (unknown provider, no key) also falls back to the call's LLM, with a
+    warning, rather than leaving every turn 1 without a router. Models built here are closed by `aclose()`.
+    """
+
+    def __init__(self, settings: SettingsWithKeys, default: llm.LLM | None) -> None:
+        self._settings = settings
+        self._default = default
+        self._built: dict[str, llm.LLM] = {}
+
+    def __call__(self, entry: ModelChainEntry | None) -> llm.LLM | None:
+        if entry is None:
+            return self._default
+        key = entry.model_dump_json()
+        if key in self._built:
+            return self._built[key]
+        provider = PROVIDERS.get(entry.provider)
+        api_key = provider.api_key(self._settings) if provider is not None else None
+        if provider is None or provider.build_llm is None or api_key is None:
+            log.warning("router model %s/%s cannot be built here; routing with the call's LLM", entry.provider, entry.model)
+            return self._default
+        model = provider.build_llm(entry, api_key=api_key)
+        self._built[key] = model
+        return model
+
+    async def aclose(self) -> None:
+        models, self._built = list(self._built.values()), {}
+        await asyncio.gather(*(m.aclose() for m in models), return_exceptions=True)

@@ -145,8 +145,6 @@ class Supervision:
     decisions: list[ProcedureDecision] = field(default_factory=list)
     member_changes: list[MemberChange] = field(default_factory=list)
     team_route: RouteResult | None = None
-    # Router models built for this call (not shared with the session); closed with `aclose()`.
-    owned_models: list[llm.LLM] = field(default_factory=list)
 
     @property
     def procedure(self) -> ProcedureDecision | None:
@@ -158,10 +156,6 @@ class Supervision:
 
     def member_change_records(self) -> list[dict[str, Any]]:
         return [change.as_record() for change in self.member_changes]
-
-    async def aclose(self) -> None:
-        models, self.owned_models = self.owned_models, []
-        await asyncio.gather(*(m.aclose() for m in models), return_exceptions=True)
 
 
 class ProcedureSelector:
@@ -232,9 +226,11 @@ class ProcedureSelector:
 
     def candidates(self, max_speculation: int) -> list[Procedure | None]:
         """What to speculate on: the fallback (every router failure lands there) and as many auto
-        procedures, by priority, as the cap leaves room for."""
-        room = max(max_speculation - 1, 0)
-        return [*self.auto[:room], self.fallback]
+        procedures, by priority, as the cap leaves room for. A cap of 0 speculates on nothing: the reply
+        waits for the router (fewer tokens, turn 1 slower by the router's latency)."""
+        if max_speculation <= 0:
+            return []
+        return [*self.auto[: max_speculation - 1], self.fallback]
 
 
 TeamRoute = Callable[[str], Awaitable[str | None]]
@@ -341,8 +337,8 @@ class Supervisor:
         team_route: TeamRoute | None = None,
         max_speculation: int = DEFAULT_MAX_SPECULATION,
     ) -> None:
-        if max_speculation < 1:
-            raise ValueError("max_speculation must be at least 1")
+        if max_speculation < 0:
+            raise ValueError("max_speculation cannot be negative")
         self.selector = selector
         self.record = record
         self.max_speculation = max_speculation

@@ -3,8 +3,10 @@
 SQLite needs help to behave like a server database under concurrent writers: pysqlite's own transaction
 handling starts transactions lazily (a read-then-write transaction can then fail with "database is locked"
 without waiting), so the driver is put in autocommit mode and every SQLAlchemy transaction starts with
-BEGIN IMMEDIATE, which takes the write lock up front and waits up to the busy timeout for it. WAL keeps
-readers from blocking on that writer.
+BEGIN IMMEDIATE, which takes the write lock up front and waits up to the busy timeout for it. The store's
+own reads begin that way too (SQLAlchemy opens a transaction for them as well): simple and correct at one
+worker's volume; a fleet uses PostgreSQL. WAL keeps outside readers (a sqlite3 shell, a backup) from
+blocking the writer.
 """
 
 from __future__ import annotations
@@ -56,8 +58,3 @@ def create_engine(database_url: str, **kwargs: Any) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
-
-
-def redacted(database_url: str) -> str:
-    """The URL without its password, for logs and error messages."""
-    return make_url(database_url).render_as_string(hide_password=True)

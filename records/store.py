@@ -78,7 +78,10 @@ def _require_one_owner(agent_id: uuid.UUID | None, team_id: uuid.UUID | None) ->
 def _to_record(row: sa.Row[Any]) -> SessionRecord:
     m = row._mapping
     procedure = None
-    if any(m[c] is not None for c in ("procedure_id", "procedure_name", "procedure_router_latency_ms", "procedure_reason")):
+    if any(
+        m[c] is not None
+        for c in ("procedure_id", "procedure_name", "procedure_router_latency_ms", "procedure_reason")
+    ):
         procedure = ProcedureChoice(
             id=m["procedure_id"],
             name=m["procedure_name"],
@@ -161,7 +164,9 @@ class SessionStore:
             stmt = stmt.with_for_update()
         return conn.execute(stmt).first()
 
-    def _new_session_values(self, session_id: uuid.UUID, session_type: SessionType, now: datetime) -> dict[str, Any]:
+    def _new_session_values(
+        self, session_id: uuid.UUID, session_type: SessionType, now: datetime
+    ) -> dict[str, Any]:
         suppressed = session_type is SessionType.TEST
         return {
             "id": session_id,
@@ -197,7 +202,9 @@ class SessionStore:
             if row is not None:
                 m = row._mapping
                 if m["session_type"] != stype.value or m["agent_id"] != agent_id or m["team_id"] != team_id:
-                    raise SessionConflictError(f"session {sid} already exists with another type, agent or team")
+                    raise SessionConflictError(
+                        f"session {sid} already exists with another type, agent or team"
+                    )
                 return _to_record(row)
             values = self._new_session_values(sid, stype, self.now())
             values.update(
@@ -287,12 +294,16 @@ class SessionStore:
             if row is None:
                 new = self._new_session_values(outcome.session_id, outcome.session_type, now)
                 new.update(values)
-                new.update(agent_id=outcome.agent_id, team_id=outcome.team_id, end_user_id=outcome.end_user_id)
+                new.update(
+                    agent_id=outcome.agent_id, team_id=outcome.team_id, end_user_id=outcome.end_user_id
+                )
                 conn.execute(sa.insert(sessions).values(**new))
             else:
                 m = row._mapping
                 suppressed = m["session_type"] == SessionType.TEST.value
-                values["summary_state"] = (SummaryState.SUPPRESSED if suppressed else SummaryState.PENDING).value
+                values["summary_state"] = (
+                    SummaryState.SUPPRESSED if suppressed else SummaryState.PENDING
+                ).value
                 values["memory_state"] = (MemoryState.SUPPRESSED if suppressed else MemoryState.PENDING).value
                 values["summary"] = None
                 values["postcall_error"] = None
@@ -369,9 +380,7 @@ class SessionStore:
         rows = conn.execute(
             sa.select(memory_facts).where(memory_facts.c.end_user_id == end_user_id).with_for_update()
         ).all()
-        existing = [
-            StoredFact(r.id, r.fact_key, r.fact, r.created_at, r.last_seen_at) for r in rows
-        ]
+        existing = [StoredFact(r.id, r.fact_key, r.fact, r.created_at, r.last_seen_at) for r in rows]
         plan = plan_merge(existing, new_facts, cap=cap, now=now, retention=self._retention)
         if plan.deletes:
             conn.execute(sa.delete(memory_facts).where(memory_facts.c.id.in_(plan.deletes)))
@@ -430,7 +439,9 @@ class SessionStore:
 
     @staticmethod
     def _enqueue(conn: Connection, session_id: uuid.UUID, payload: dict[str, Any], now: datetime) -> None:
-        row = conn.execute(sa.select(outbox).where(outbox.c.session_id == session_id).with_for_update()).first()
+        row = conn.execute(
+            sa.select(outbox).where(outbox.c.session_id == session_id).with_for_update()
+        ).first()
         if row is None:
             conn.execute(
                 sa.insert(outbox).values(

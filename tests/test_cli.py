@@ -31,8 +31,9 @@ KEYS = {"OPENAI_API_KEY": "sk-test-not-real", "DEEPGRAM_API_KEY": "dg-test-not-r
 
 
 @pytest.fixture(autouse=True)
-def dev_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def dev_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("VOICE_WORKER_MODE", "dev")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/records.db")
     for key, value in KEYS.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("CATALOG_PATH", raising=False)
@@ -79,7 +80,18 @@ def test_web_call_mints_a_verifiable_token(capsys):
     assert set(body) == {"livekit_url", "access_token", "room_name", "session_id"}
     claims = api.TokenVerifier("devkey", "secret").verify(body["access_token"])
     assert claims.room_config.agents[0].agent_name == "voice-worker"
-    uuid.UUID(body["session_id"])
+    # The same core as the door: the session row exists, typed as asked.
+    from records.store import SessionStore
+
+    async def read():
+        store = SessionStore(os.environ["DATABASE_URL"])
+        try:
+            return await store.get(uuid.UUID(body["session_id"]))
+        finally:
+            await store.aclose()
+
+    row = asyncio.run(read())
+    assert row is not None and row.session_type == "test"
 
 
 @pytest.mark.parametrize(
@@ -99,7 +111,7 @@ def test_web_call_refuses_bad_variables_with_exit_2(argv, needle, capsys):
 
 def test_web_call_unknown_agent_and_bad_uuid(capsys):
     code, _, err = run(["web-call", "--agent-id", str(uuid.uuid4())], capsys)
-    assert code == 2 and "not in the catalog" in err
+    assert code == 2 and "not found" in err
     code, _, err = run(["web-call", "--agent-id", "support"], capsys)
     assert code == 2 and "not a UUID" in err
 

@@ -34,11 +34,6 @@ from tests.doubles.door_world import (
     revdesk_path,
 )
 
-pytestmark = pytest.mark.skipif(
-    not contracts.seeds_available(), reason=f"seed documents not found in {contracts.SEEDS_DIR}"
-)
-
-
 @dataclass
 class World:
     client: httpx.AsyncClient
@@ -59,26 +54,42 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 async def strict_world(tmp_path: Path) -> AsyncIterator[World]:
     """One call per minute, so the second call of a test is rate limited."""
     creator = RecordingSessionCreator()
-    app = create_app(make_settings(tmp_path, DOOR_RATE_LIMIT_PER_MINUTE=1), session_creator=creator, clock=FakeClock())
+    settings = make_settings(tmp_path, DOOR_RATE_LIMIT_PER_MINUTE=1)
+    app = create_app(settings, session_creator=creator, clock=FakeClock())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://door.test") as client:
         yield World(client, creator, (await client.get("/openapi.json")).json())
 
 
-def _feather(body: Any, headers: dict[str, str] | None = None) -> Callable[[World], Awaitable[httpx.Response]]:
+Call = Callable[[World], Awaitable[httpx.Response]]
+
+
+def _feather(body: Any, headers: dict[str, str] | None = None) -> Call:
     async def call(w: World) -> httpx.Response:
-        return await w.client.post(contracts.FEATHER_PATH, json=body, headers=feather_headers() if headers is None else headers)
+        sent = feather_headers() if headers is None else headers
+        return await w.client.post(contracts.FEATHER_PATH, json=body, headers=sent)
 
     return call
 
 
-def _revdesk(agent: Any, headers: dict[str, str] | None = None) -> Callable[[World], Awaitable[httpx.Response]]:
+def _agent(agent_id: uuid.UUID, headers: dict[str, str] | None = None, **seeds: Any) -> Call:
+    body: dict[str, Any] = {"agent_id": str(agent_id)}
+    if seeds:
+        body["context_variables"] = seeds
+    return _feather(body, headers)
+
+
+def _team(team_id: uuid.UUID, headers: dict[str, str] | None = None) -> Call:
+    return _feather({"team_id": str(team_id)}, headers)
+
+
+def _revdesk(agent: Any, headers: dict[str, str] | None = None) -> Call:
     async def call(w: World) -> httpx.Response:
         return await w.client.post(revdesk_path(agent), headers=revdesk_headers() if headers is None else headers)
 
     return call
 
 
-def _after_store_failure(call: Callable[[World], Awaitable[httpx.Response]]) -> Callable[[World], Awaitable[httpx.Response]]:
+def _after_store_failure(call: Call) -> Call:
     async def failing(w: World) -> httpx.Response:
         w.creator.fail_next = 1
         return await call(w)
@@ -86,7 +97,7 @@ def _after_store_failure(call: Callable[[World], Awaitable[httpx.Response]]) -> 
     return failing
 
 
-def _after_conflicting_use(agent_a: uuid.UUID, agent_b: uuid.UUID) -> Callable[[World], Awaitable[httpx.Response]]:
+def _after_conflicting_use(agent_a: uuid.UUID, agent_b: uuid.UUID) -> Call:
     async def call(w: World) -> httpx.Response:
         first = await w.client.post(revdesk_path(agent_a), headers=revdesk_headers(idempotency_key="k-1"))
         assert first.status_code == 200
@@ -95,7 +106,7 @@ def _after_conflicting_use(agent_a: uuid.UUID, agent_b: uuid.UUID) -> Callable[[
     return call
 
 
-def _replay(agent: uuid.UUID) -> Callable[[World], Awaitable[httpx.Response]]:
+def _replay(agent: uuid.UUID) -> Call:
     async def call(w: World) -> httpx.Response:
         first = await w.client.post(revdesk_path(agent), headers=revdesk_headers(idempotency_key="replay-me"))
         second = await w.client.post(revdesk_path(agent), headers=revdesk_headers(idempotency_key="replay-me"))
@@ -107,31 +118,31 @@ def _replay(agent: uuid.UUID) -> Callable[[World], Awaitable[httpx.Response]]:
     return call
 
 
-FEATHER_CASES: dict[str, tuple[Callable[[World], Awaitable[httpx.Response]], int]] = {
-    "agent": (_feather({"agent_id": str(SUPPORT_AGENT)}), 200),
-    "agent with seeds": (_feather({"agent_id": str(SUPPORT_AGENT), "context_variables": {"tier": "GOLD", "order_count": "3"}}), 200),
+FEATHER_CASES: dict[str, tuple[Call, int]] = {
+    "agent": (_agent(SUPPORT_AGENT), 200),
+    "agent with seeds": (_agent(SUPPORT_AGENT, tier="GOLD", order_count="3"), 200),
     "team (seeds ignored)": (_feather({"team_id": str(FRONT_DESK_TEAM), "context_variables": {"nope": 1}}), 200),
     "explicit nulls": (_feather({"agent_id": str(SALES_AGENT), "team_id": None, "context_variables": None}), 200),
     "neither agent nor team": (_feather({}), 422),
     "both agent and team": (_feather({"agent_id": str(SUPPORT_AGENT), "team_id": str(FRONT_DESK_TEAM)}), 422),
     "agent_id not a uuid": (_feather({"agent_id": "support"}), 422),
     "body not an object": (_feather([1, 2]), 422),
-    "unknown context variable": (_feather({"agent_id": str(SUPPORT_AGENT), "context_variables": {"favourite_colour": "red"}}), 422),
-    "uncoercible context variable": (_feather({"agent_id": str(SUPPORT_AGENT), "context_variables": {"order_count": "many"}}), 422),
-    "system context variable": (_feather({"agent_id": str(SUPPORT_AGENT), "context_variables": {"end_user_id": "u-1"}}), 422),
-    "no key": (_feather({"agent_id": str(SUPPORT_AGENT)}, headers={}), 401),
-    "unknown key": (_feather({"agent_id": str(SUPPORT_AGENT)}, headers={"x-api-key": "vwd_not-a-key"}), 401),
-    "key not scoped to agent": (_feather({"agent_id": str(SALES_AGENT)}, headers=feather_headers(KEY_SUPPORT_ONLY)), 403),
-    "key not scoped to team": (_feather({"team_id": str(FRONT_DESK_TEAM)}, headers=feather_headers(KEY_SUPPORT_ONLY)), 403),
-    "unknown agent": (_feather({"agent_id": str(UNKNOWN_AGENT)}), 404),
-    "unknown team": (_feather({"team_id": str(UNKNOWN_TEAM)}), 404),
-    "disabled agent": (_feather({"agent_id": str(DISABLED_AGENT)}), 409),
-    "disabled team": (_feather({"team_id": str(DISABLED_TEAM)}), 409),
-    "team with disabled greeter": (_feather({"team_id": str(TEAM_WITH_DISABLED_GREETER)}), 409),
-    "session store down": (_after_store_failure(_feather({"agent_id": str(SUPPORT_AGENT)})), 503),
+    "unknown context variable": (_agent(SUPPORT_AGENT, favourite_colour="red"), 422),
+    "uncoercible context variable": (_agent(SUPPORT_AGENT, order_count="many"), 422),
+    "system context variable": (_agent(SUPPORT_AGENT, end_user_id="u-1"), 422),
+    "no key": (_agent(SUPPORT_AGENT, headers={}), 401),
+    "unknown key": (_agent(SUPPORT_AGENT, headers={"x-api-key": "vwd_not-a-key"}), 401),
+    "key not scoped to agent": (_agent(SALES_AGENT, headers=feather_headers(KEY_SUPPORT_ONLY)), 403),
+    "key not scoped to team": (_team(FRONT_DESK_TEAM, headers=feather_headers(KEY_SUPPORT_ONLY)), 403),
+    "unknown agent": (_agent(UNKNOWN_AGENT), 404),
+    "unknown team": (_team(UNKNOWN_TEAM), 404),
+    "disabled agent": (_agent(DISABLED_AGENT), 409),
+    "disabled team": (_team(DISABLED_TEAM), 409),
+    "team with disabled greeter": (_team(TEAM_WITH_DISABLED_GREETER), 409),
+    "session store down": (_after_store_failure(_agent(SUPPORT_AGENT)), 503),
 }
 
-REVDESK_CASES: dict[str, tuple[Callable[[World], Awaitable[httpx.Response]], int]] = {
+REVDESK_CASES: dict[str, tuple[Call, int]] = {
     "agent": (_revdesk(SUPPORT_AGENT), 200),
     "agent, upper-case id": (_revdesk(str(SALES_AGENT).upper()), 200),
     "idempotent replay": (_replay(SUPPORT_AGENT), 200),
@@ -198,15 +209,21 @@ async def test_revdesk_responses_conform(world: World, case: str) -> None:
 
 
 async def test_rate_limited_responses_conform(strict_world: World) -> None:
-    first = await strict_world.client.post(contracts.FEATHER_PATH, json={"agent_id": str(SUPPORT_AGENT)}, headers=feather_headers())
+    first = await _agent(SUPPORT_AGENT)(strict_world)
     assert first.status_code == 200
-    feather = await strict_world.client.post(contracts.FEATHER_PATH, json={"agent_id": str(SUPPORT_AGENT)}, headers=feather_headers())
+    feather = await _agent(SUPPORT_AGENT)(strict_world)
     revdesk = await strict_world.client.post(revdesk_path(SUPPORT_AGENT), headers=revdesk_headers())
     _check(strict_world.openapi, contracts.feather(), contracts.FEATHER_PATH, feather, 429)
     _check(strict_world.openapi, contracts.revdesk(), contracts.REVDESK_PATH, revdesk, 429)
     for response in (feather, revdesk):
         assert int(response.headers["Retry-After"]) >= 1
     assert revdesk.json()["error"]["code"] == "rate_limited"
+
+
+@pytest.mark.skipif(not contracts.seeds_available(), reason=f"no seed documents in {contracts.SEEDS_DIR}")
+@pytest.mark.parametrize("seed", [contracts.FEATHER_SEED, contracts.REVDESK_SEED])
+def test_the_copies_in_tests_contracts_are_the_seeds(seed: str) -> None:
+    assert contracts.seed_from_copy(seed) == contracts.seed_from_seeds_dir(seed)
 
 
 def test_every_documented_seed_status_is_exercised() -> None:
@@ -224,7 +241,10 @@ async def test_context_variable_errors_name_the_variable(world: World) -> None:
     )
     assert response.status_code == 422
     by_loc = {tuple(item["loc"]): item for item in response.json()["detail"]}
-    assert set(by_loc) == {("body", "context_variables", "favourite_colour"), ("body", "context_variables", "order_count")}
+    assert set(by_loc) == {
+        ("body", "context_variables", "favourite_colour"),
+        ("body", "context_variables", "order_count"),
+    }
     assert by_loc[("body", "context_variables", "favourite_colour")]["type"] == "context_variable_unknown"
     assert by_loc[("body", "context_variables", "order_count")]["type"] == "context_variable_coercion"
 
@@ -232,7 +252,10 @@ async def test_context_variable_errors_name_the_variable(world: World) -> None:
 async def test_seeds_are_coerced_into_the_session_and_team_calls_ignore_them(world: World) -> None:
     agent = await world.client.post(
         contracts.FEATHER_PATH,
-        json={"agent_id": str(SUPPORT_AGENT), "context_variables": {"tier": "GOLD", "order_count": "3", "wants_callback": "yes"}},
+        json={
+            "agent_id": str(SUPPORT_AGENT),
+            "context_variables": {"tier": "GOLD", "order_count": "3", "wants_callback": "yes"},
+        },
         headers=feather_headers(),
     )
     team = await world.client.post(
@@ -305,12 +328,13 @@ async def test_openapi_revdesk_schemas_match_the_seed(world: World) -> None:
     assert contracts.shape(contracts.resolve(success, doc)) == contracts.shape(seed_success)
 
     seed_error = contracts.shape(seed["components"]["schemas"]["ErrorEnvelope"])["properties"]["error"]
-    our_error = contracts.shape(contracts.resolve({"$ref": "#/components/schemas/ErrorEnvelope"}, doc))["properties"]["error"]
+    envelope = {"$ref": "#/components/schemas/ErrorEnvelope"}
+    our_error = contracts.shape(contracts.resolve(envelope, doc))["properties"]["error"]
     assert our_error["required"] == seed_error["required"]
     for name, spec in seed_error["properties"].items():
         assert our_error["properties"][name].items() >= spec.items(), name
     for status in ("400", "401", "403", "404", "409", "429"):
-        assert ours["responses"][status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorEnvelope"}
+        assert ours["responses"][status]["content"]["application/json"]["schema"] == envelope
 
     params = {(p["in"], p["name"]): p for p in ours["parameters"]}
     for seed_param in theirs["parameters"]:

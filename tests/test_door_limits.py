@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from door.app import create_app
 from door.idempotency import IdempotencyConflict, IdempotencyStore, StoredResponse, request_fingerprint
@@ -59,7 +60,7 @@ def test_buckets_are_per_key() -> None:
 # --- the idempotency store ---------------------------------------------------------------------------------
 
 
-def _producer(counter: list[int], status: int = 200) -> object:
+def _producer(counter: list[int], status: int = 200) -> Callable[[], Awaitable[StoredResponse]]:
     async def produce() -> StoredResponse:
         counter.append(1)
         return StoredResponse(status, {"n": len(counter)})
@@ -69,8 +70,8 @@ def _producer(counter: list[int], status: int = 200) -> object:
 
 async def test_same_key_same_request_replays() -> None:
     store, made = IdempotencyStore(60, clock=FakeClock()), []
-    first = await store.run("client", "k", "fp", _producer(made))  # type: ignore[arg-type]
-    second = await store.run("client", "k", "fp", _producer(made))  # type: ignore[arg-type]
+    first = await store.run("client", "k", "fp", _producer(made))
+    second = await store.run("client", "k", "fp", _producer(made))
     assert first == (StoredResponse(200, {"n": 1}), False)
     assert second == (StoredResponse(200, {"n": 1}), True)
     assert len(made) == 1
@@ -78,38 +79,38 @@ async def test_same_key_same_request_replays() -> None:
 
 async def test_same_key_other_request_conflicts() -> None:
     store, made = IdempotencyStore(60, clock=FakeClock()), []
-    await store.run("client", "k", "fp-1", _producer(made))  # type: ignore[arg-type]
+    await store.run("client", "k", "fp-1", _producer(made))
     with pytest.raises(IdempotencyConflict):
-        await store.run("client", "k", "fp-2", _producer(made))  # type: ignore[arg-type]
+        await store.run("client", "k", "fp-2", _producer(made))
     assert len(made) == 1
 
 
 async def test_keys_are_scoped_per_client_and_expire() -> None:
     clock = FakeClock()
     store, made = IdempotencyStore(60, clock=clock), []
-    await store.run("client-a", "k", "fp", _producer(made))  # type: ignore[arg-type]
-    _, replayed = await store.run("client-b", "k", "fp", _producer(made))  # type: ignore[arg-type]
+    await store.run("client-a", "k", "fp", _producer(made))
+    _, replayed = await store.run("client-b", "k", "fp", _producer(made))
     assert not replayed and len(made) == 2
     clock.advance(59)
-    assert (await store.run("client-a", "k", "fp", _producer(made)))[1] is True  # type: ignore[arg-type]
+    assert (await store.run("client-a", "k", "fp", _producer(made)))[1] is True
     clock.advance(2)
-    assert (await store.run("client-a", "k", "other", _producer(made)))[1] is False  # type: ignore[arg-type]
+    assert (await store.run("client-a", "k", "other", _producer(made)))[1] is False
     assert len(made) == 3
 
 
 async def test_refusals_are_not_stored() -> None:
     store, made = IdempotencyStore(60, clock=FakeClock()), []
-    assert (await store.run("c", "k", "fp", _producer(made, status=503)))[0].status_code == 503  # type: ignore[arg-type]
-    assert (await store.run("c", "k", "fp", _producer(made)))[0].status_code == 200  # type: ignore[arg-type]
+    assert (await store.run("c", "k", "fp", _producer(made, status=503)))[0].status_code == 503
+    assert (await store.run("c", "k", "fp", _producer(made)))[0].status_code == 200
     assert len(store) == 1
 
 
 async def test_the_store_is_bounded() -> None:
     store, made = IdempotencyStore(60, clock=FakeClock(), max_entries=3), []
     for key in "abcd":
-        await store.run("c", key, "fp", _producer(made))  # type: ignore[arg-type]
+        await store.run("c", key, "fp", _producer(made))
     assert len(store) == 3
-    assert (await store.run("c", "a", "fp", _producer(made)))[1] is False  # type: ignore[arg-type]
+    assert (await store.run("c", "a", "fp", _producer(made)))[1] is False
 
 
 def test_fingerprint_separates_its_parts() -> None:
@@ -125,7 +126,7 @@ class Door:
     client: httpx.AsyncClient
     creator: RecordingSessionCreator
     clock: FakeClock
-    app: object
+    app: FastAPI
 
 
 async def _door(tmp_path: Path, **settings: object) -> AsyncIterator[Door]:
@@ -147,10 +148,10 @@ async def limited_door(tmp_path: Path) -> AsyncIterator[Door]:
         yield d
 
 
-async def _when(condition: object, what: str) -> None:
+async def _when(condition: Callable[[], bool], what: str) -> None:
     """Yield to the loop until `condition()` holds; generous bound, only to fail instead of hanging."""
     for _ in range(10_000):
-        if condition():  # type: ignore[operator]
+        if condition():
             return
         await asyncio.sleep(0)
     raise AssertionError(f"never happened: {what}")
@@ -159,9 +160,11 @@ async def _when(condition: object, what: str) -> None:
 async def test_parallel_identical_requests_with_one_key_make_one_session(door: Door) -> None:
     parallel = 40
     door.creator.gate = asyncio.Event()
-    idempotency = door.app.state.door.idempotency  # type: ignore[attr-defined]
+    idempotency = door.app.state.door.idempotency
     requests = [
-        asyncio.create_task(door.client.post(revdesk_path(SUPPORT_AGENT), headers=revdesk_headers(idempotency_key="once")))
+        asyncio.create_task(
+            door.client.post(revdesk_path(SUPPORT_AGENT), headers=revdesk_headers(idempotency_key="once"))
+        )
         for _ in range(parallel)
     ]
     # Hold the first request inside session creation until every other one is queued on the key.
@@ -179,7 +182,7 @@ async def test_parallel_identical_requests_with_one_key_make_one_session(door: D
 
 async def test_parallel_conflicting_requests_with_one_key(door: Door) -> None:
     door.creator.gate = asyncio.Event()
-    idempotency = door.app.state.door.idempotency  # type: ignore[attr-defined]
+    idempotency = door.app.state.door.idempotency
     tasks = [
         asyncio.create_task(
             door.client.post(revdesk_path(agent), headers=revdesk_headers(idempotency_key="mixed"))
@@ -201,7 +204,9 @@ async def test_parallel_conflicting_requests_with_one_key(door: Door) -> None:
 
 async def test_same_idempotency_key_from_another_client_is_not_a_replay(door: Door) -> None:
     mine = await door.client.post(revdesk_path(SUPPORT_AGENT), headers=revdesk_headers(KEY_ALL, "shared"))
-    theirs = await door.client.post(revdesk_path(SUPPORT_AGENT), headers=revdesk_headers(KEY_OTHER_CLIENT, "shared"))
+    theirs = await door.client.post(
+        revdesk_path(SUPPORT_AGENT), headers=revdesk_headers(KEY_OTHER_CLIENT, "shared")
+    )
     assert mine.status_code == theirs.status_code == 200
     assert theirs.headers["Idempotent-Replayed"] == "false"
     assert mine.json()["data"]["token"] != theirs.json()["data"]["token"]

@@ -147,7 +147,9 @@ async def test_no_secret_in_responses_logs_or_dispatch_metadata(
     responses = [
         await client.post("/v1/voice/web-call", json={"agent_id": str(SUPPORT_AGENT)}, headers=feather_headers()),
         await client.post("/v1/voice/web-call", json={"team_id": str(FRONT_DESK_TEAM)}, headers=feather_headers()),
-        await client.post("/v1/voice/web-call", json={"agent_id": str(SUPPORT_AGENT)}, headers={"x-api-key": KEY_ALL + "x"}),
+        await client.post(
+            "/v1/voice/web-call", json={"agent_id": str(SUPPORT_AGENT)}, headers={"x-api-key": KEY_ALL + "x"}
+        ),
         await client.post(revdesk_path(SUPPORT_AGENT), headers=revdesk_headers(idempotency_key="a")),
         await client.post(revdesk_path(SUPPORT_AGENT), headers=revdesk_headers(idempotency_key="a")),
         await client.post(revdesk_path(SUPPORT_AGENT), headers={"Authorization": f"Bearer {KEY_ALL}y"}),

@@ -12,7 +12,15 @@ from livekit.plugins import deepgram, openai, silero
 
 from catalog.loader import load_catalog
 from catalog.pipeline_config import ModelChainEntry, STTEntry, TTSEntry, VoicePipelineConfig
-from pipelines.builder import BuiltPipeline, PipelineError, build_pipeline, effective_pipeline
+from pipelines.builder import (
+    BuiltPipeline,
+    PipelineError,
+    aclose_llm,
+    build_llm,
+    build_pipeline,
+    effective_pipeline,
+    session_connect_options,
+)
 from pipelines.providers import UNUSED_KEY, OpenAIChatLLM
 from pipelines.turn_handling import TURN_DETECTOR_MIN_SILENCE_S
 from pipelines.vad import SharedVAD
@@ -293,3 +301,45 @@ def test_team_calls_take_the_team_pipeline_agent_calls_the_revision(catalog) -> 
     # and the two differ where it shows: the team's voice wins on a team call
     assert effective_pipeline(revision, team).tts_chain[0].voice_id == "sage"
     assert effective_pipeline(revision, None).tts_chain[0].voice_id == "alloy"
+
+
+async def test_deepgram_self_hosted_urls_and_voice_in_voice_id(built) -> None:
+    config = VoicePipelineConfig(
+        language="en-GB",
+        stt_chain=[STTEntry(provider="deepgram", model="nova-2", base_url="wss://dg.internal/v1/listen")],
+        tts_chain=[TTSEntry(provider="deepgram", voice_id="aura-2-orion-en", base_url="https://dg.internal/v1/speak")],
+        tts_speed=1.2,
+    )
+    pipeline = built(_llm_on_localhost(config))
+    assert isinstance(pipeline.stt, deepgram.STT)
+    assert (pipeline.stt.model, pipeline.stt._opts.language) == ("nova-2", "en-GB")
+    assert pipeline.stt._opts.endpoint_url == "wss://dg.internal/v1/listen"
+    assert isinstance(pipeline.tts, deepgram.TTS)
+    assert (pipeline.tts._opts.model, pipeline.tts._opts.speed) == ("aura-2-orion-en", 1.2)
+    assert pipeline.tts._opts.base_url == "https://dg.internal/v1/speak"
+
+
+async def test_build_llm_needs_only_the_model_chain_keys(catalog, monkeypatch) -> None:
+    for env in ("OPENAI_API_KEY", "DEEPGRAM_API_KEY", "OPENAI_COMPATIBLE_API_KEY"):
+        monkeypatch.delenv(env, raising=False)
+    # sales: Deepgram STT and TTS, whose key is missing here, do not matter for a text session
+    config = catalog.agents[SALES].active_revision.pipeline
+    model = build_llm(config, Settings(_env_file=None, OPENAI_API_KEY="sk-test-openai"))
+    try:
+        assert isinstance(model, llm.FallbackAdapter)
+        assert [m.model for m in model._llm_instances] == ["llama3.2:3b", "gpt-4.1-mini"]
+        assert session_connect_options(config).llm_conn_options.timeout == 5.0
+    finally:
+        await aclose_llm(model)
+    with pytest.raises(PipelineError) as err:
+        build_llm(config, Settings(_env_file=None))
+    assert [p.field for p in err.value.problems] == ["pipeline.model_chain[1].provider"]
+
+
+async def test_without_a_shared_vad_the_pipeline_loads_its_own(catalog, settings) -> None:
+    pipeline = build_pipeline(_llm_on_localhost(catalog.teams[TEAM].pipeline), settings, vad=None)
+    try:
+        assert isinstance(pipeline.vad, silero.VAD)
+        assert pipeline.vad._opts.min_silence_duration == 0.45
+    finally:
+        await pipeline.aclose()

@@ -8,7 +8,8 @@ the catalog's minimums on purpose.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from livekit.agents import Agent, AgentSession, llm
@@ -35,6 +36,13 @@ class Ends:
     async def wait(self) -> list[str]:
         await asyncio.wait_for(self.event.wait(), EVENTUALLY_S)
         return self.reasons
+
+
+async def eventually(predicate: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + EVENTUALLY_S
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
 
 
 def config(**update: object) -> VoicePipelineConfig:
@@ -124,11 +132,8 @@ async def test_caller_answering_a_reminder_starts_the_count_over(session, limits
         ),
         ends,
     )
-    for _ in range(100):
-        if limits.reminders_sent == 1:
-            break
-        await asyncio.sleep(0.02)
-    assert agent_lines(session) == ["Still there?"]
+    await eventually(lambda: agent_lines(session) == ["Still there?"])
+    assert limits.reminders_sent == 1
 
     await session.run(user_input="Yes, sorry.")
     assert limits.reminders_sent == 0
@@ -148,7 +153,8 @@ async def test_a_slow_agent_turn_is_not_caller_silence(limits_for) -> None:
             on_end=ends,
         )
         run = asyncio.ensure_future(slow.run(user_input="What is the answer?"))
-        await asyncio.sleep(0.05)  # the LLM is now thinking for 0.8 s, twice the silence timeout
+        # the LLM now thinks for 0.8 s, twice the silence timeout
+        await eventually(lambda: slow.agent_state == "thinking")
         limits.start()
         await run
         assert ends.reasons == []
@@ -181,8 +187,5 @@ async def test_no_limits_configured_never_ends(session, limits_for) -> None:
 async def test_sync_on_end_callback_is_accepted(session, limits_for) -> None:
     reasons: list[str] = []
     limits_for(config(max_call_duration_ms=100), reasons.append)
-    for _ in range(100):
-        if reasons:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: bool(reasons))
     assert reasons == [MAX_CALL_DURATION]

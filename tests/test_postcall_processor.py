@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -27,8 +28,12 @@ USER = "end-user-7"
 TRANSCRIPT = [
     TranscriptItem(role="assistant", text="Hello, this is Acme support.", created_at=T0),
     TranscriptItem(role="user", text="Hi, I'm Dana. My kettle broke.", created_at=T0 + timedelta(seconds=3)),
-    TranscriptItem(role="assistant", text="Sorry to hear that. Which model?", created_at=T0 + timedelta(seconds=6)),
-    TranscriptItem(role="user", text="The K2. Please email me, not SMS.", created_at=T0 + timedelta(seconds=9)),
+    TranscriptItem(
+        role="assistant", text="Sorry to hear that. Which model?", created_at=T0 + timedelta(seconds=6)
+    ),
+    TranscriptItem(
+        role="user", text="The K2. Please email me, not SMS.", created_at=T0 + timedelta(seconds=9)
+    ),
 ]
 
 
@@ -117,15 +122,23 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[SessionStore]:
         await s.aclose()
 
 
-async def test_live_call_memory_is_available_to_the_next_live_call_of_the_same_end_user(store: SessionStore) -> None:
+async def test_live_call_memory_is_available_to_the_next_live_call_of_the_same_end_user(
+    store: SessionStore,
+) -> None:
     summaries = CountingFactory(["Dana reported a broken K2 kettle and prefers email."])
     extraction = CountingFactory(
-        [facts_reply("The caller's name is Dana.", "The caller prefers email over SMS."),
-         facts_reply("The caller owns a K2 kettle.", "the caller prefers EMAIL over sms.")]
+        [
+            facts_reply("The caller's name is Dana.", "The caller prefers email over SMS."),
+            facts_reply("The caller owns a K2 kettle.", "the caller prefers EMAIL over sms."),
+        ]
     )
     enqueued: list[int] = []
     processor = PostCallProcessor(
-        store, make_settings(), summaries, LLMMemoryExtractor(extraction), on_enqueued=lambda: enqueued.append(1)
+        store,
+        make_settings(),
+        summaries,
+        LLMMemoryExtractor(extraction),
+        on_enqueued=lambda: enqueued.append(1),
     )
 
     first = make_outcome()
@@ -145,7 +158,10 @@ async def test_live_call_memory_is_available_to_the_next_live_call_of_the_same_e
     record2 = await processor.process(second)
     assert record2 is not None and record2.memory_state is MemoryState.SYNCED
     second_prompt = extraction.made[1].calls[0].last_user_text or ""
-    assert "- The caller's name is Dana." in second_prompt and "- The caller prefers email over SMS." in second_prompt
+    assert (
+        "- The caller's name is Dana." in second_prompt
+        and "- The caller prefers email over SMS." in second_prompt
+    )
     assert extraction.made[1].calls[0].tool_names == (TOOL_NAME,)
     facts = await store.facts_for(USER)
     assert sorted(facts) == sorted(
@@ -160,8 +176,12 @@ async def test_live_call_memory_is_available_to_the_next_live_call_of_the_same_e
     assert enqueued == [1, 1]
 
 
-async def test_test_session_calls_no_model_nor_memory_writer_and_leaves_memory_unchanged(store: SessionStore) -> None:
-    seeding = PostCallProcessor(store, make_settings(), None, CountingExtractor(["The caller's name is Dana."]))
+async def test_test_session_calls_no_model_nor_memory_writer_and_leaves_memory_unchanged(
+    store: SessionStore,
+) -> None:
+    seeding = PostCallProcessor(
+        store, make_settings(), None, CountingExtractor(["The caller's name is Dana."])
+    )
     assert (await seeding.process(make_outcome())) is not None
     memory_before = await store.memory_facts(USER)
     assert [f.fact for f in memory_before] == ["The caller's name is Dana."]
@@ -173,11 +193,16 @@ async def test_test_session_calls_no_model_nor_memory_writer_and_leaves_memory_u
     await store.create_session(test_call.session_id, "test", agent_id=AGENT)  # the door's row
 
     for memory_extractor in (extractor, LLMMemoryExtractor(extraction)):
-        record = await PostCallProcessor(store, make_settings(), summaries, memory_extractor).process(test_call)
+        record = await PostCallProcessor(store, make_settings(), summaries, memory_extractor).process(
+            test_call
+        )
         assert record is not None
         assert record.session_type is SessionType.TEST
         assert record.summary is None
-        assert (record.summary_state, record.memory_state) == (SummaryState.SUPPRESSED, MemoryState.SUPPRESSED)
+        assert (record.summary_state, record.memory_state) == (
+            SummaryState.SUPPRESSED,
+            MemoryState.SUPPRESSED,
+        )
         assert record.transcript == test_call.transcript
 
     assert summaries.made == [] and extraction.made == [] and extractor.calls == 0
@@ -186,7 +211,9 @@ async def test_test_session_calls_no_model_nor_memory_writer_and_leaves_memory_u
     assert entry is not None and entry.payload["session"]["memory_state"] == "suppressed"
 
 
-async def test_a_worker_claiming_live_for_a_door_test_session_still_gets_no_model_call(sqlite_store: SessionStore) -> None:
+async def test_a_worker_claiming_live_for_a_door_test_session_still_gets_no_model_call(
+    sqlite_store: SessionStore,
+) -> None:
     summaries, extractor = CountingFactory(["nope"]), CountingExtractor(["nope"])
     outcome = make_outcome(session_type="live")
     await sqlite_store.create_session(outcome.session_id, "test", agent_id=AGENT)
@@ -196,11 +223,18 @@ async def test_a_worker_claiming_live_for_a_door_test_session_still_gets_no_mode
     assert await sqlite_store.facts_for(USER) == []
 
 
-async def test_model_error_and_timeout_leave_a_record_with_the_error_and_the_transcript(store: SessionStore) -> None:
-    failing_summary = CountingFactory([Reply(error=APIStatusError("model overloaded", status_code=500, retryable=False))])
+async def test_model_error_and_timeout_leave_a_record_with_the_error_and_the_transcript(
+    store: SessionStore,
+) -> None:
+    failing_summary = CountingFactory(
+        [Reply(error=APIStatusError("model overloaded", status_code=500, retryable=False))]
+    )
     slow_extraction = CountingFactory([Reply(tool_calls=[(TOOL_NAME, {"facts": ["late"]})], ttft_s=30.0)])
     processor = PostCallProcessor(
-        store, make_settings(POSTCALL_STEP_TIMEOUT_S=0.3), failing_summary, LLMMemoryExtractor(slow_extraction)
+        store,
+        make_settings(POSTCALL_STEP_TIMEOUT_S=0.3),
+        failing_summary,
+        LLMMemoryExtractor(slow_extraction),
     )
     outcome = make_outcome()
     record = await processor.process(outcome)
@@ -219,7 +253,9 @@ async def test_model_error_and_timeout_leave_a_record_with_the_error_and_the_tra
     assert entry is not None and entry.payload["session"]["postcall_error"] == stored.postcall_error
 
 
-async def test_memory_is_skipped_without_an_end_user_or_with_too_few_user_turns(sqlite_store: SessionStore) -> None:
+async def test_memory_is_skipped_without_an_end_user_or_with_too_few_user_turns(
+    sqlite_store: SessionStore,
+) -> None:
     extractor = CountingExtractor(["anything"])
     processor = PostCallProcessor(sqlite_store, make_settings(MEMORY_MIN_USER_TURNS=3), None, extractor)
 
@@ -231,21 +267,29 @@ async def test_memory_is_skipped_without_an_end_user_or_with_too_few_user_turns(
     assert extractor.calls == 0
     assert await sqlite_store.facts_for(USER) == []
 
-    enough = await PostCallProcessor(sqlite_store, make_settings(MEMORY_MIN_USER_TURNS=2), None, extractor).process(make_outcome())
+    enough = await PostCallProcessor(
+        sqlite_store, make_settings(MEMORY_MIN_USER_TURNS=2), None, extractor
+    ).process(make_outcome())
     assert enough is not None and enough.memory_state is MemoryState.SYNCED and extractor.calls == 1
 
 
 async def test_extractor_understands_json_text_and_rejects_anything_else(sqlite_store: SessionStore) -> None:
     settings = make_settings()
     as_text = CountingFactory(['```json\n{"facts": ["The caller lives in Oslo."]}\n```'])
-    record = await PostCallProcessor(sqlite_store, settings, None, LLMMemoryExtractor(as_text)).process(make_outcome())
+    record = await PostCallProcessor(sqlite_store, settings, None, LLMMemoryExtractor(as_text)).process(
+        make_outcome()
+    )
     assert record is not None and record.memory_state is MemoryState.SYNCED
     assert await sqlite_store.facts_for(USER) == ["The caller lives in Oslo."]
 
     prose = CountingFactory(["The caller seems nice."])
-    record = await PostCallProcessor(sqlite_store, settings, None, LLMMemoryExtractor(prose)).process(make_outcome())
+    record = await PostCallProcessor(sqlite_store, settings, None, LLMMemoryExtractor(prose)).process(
+        make_outcome()
+    )
     assert record is not None and record.memory_state is MemoryState.PENDING
-    assert record.postcall_error is not None and record.postcall_error.startswith("memory: MemoryExtractionError")
+    assert record.postcall_error is not None and record.postcall_error.startswith(
+        "memory: MemoryExtractionError"
+    )
     assert await sqlite_store.facts_for(USER) == ["The caller lives in Oslo."]
 
 
@@ -257,16 +301,44 @@ async def test_without_a_webhook_url_nothing_is_queued(sqlite_store: SessionStor
 
 
 async def test_process_never_raises_when_the_database_is_unreachable(tmp_path: Path) -> None:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     store = SessionStore(f"postgresql+psycopg://nobody@127.0.0.1:{port}/nothing")
     summaries = CountingFactory(["x"])
     try:
-        result = await PostCallProcessor(store, make_settings(POSTCALL_STEP_TIMEOUT_S=5.0), summaries, None).process(make_outcome())
+        result = await PostCallProcessor(
+            store, make_settings(POSTCALL_STEP_TIMEOUT_S=5.0), summaries, None
+        ).process(make_outcome())
     finally:
         await store.aclose()
     assert result is None
     assert summaries.made == []
+
+
+class MergeFailingStore(SessionStore):
+    """A store whose memory merge fails, as a constraint violation or a lost connection would."""
+
+    async def finish_postcall(self, session_id, result, **kwargs):  # type: ignore[no-untyped-def, override]
+        if result.new_facts is not None:
+            raise RuntimeError("merge failed")
+        return await super().finish_postcall(session_id, result, **kwargs)
+
+
+async def test_a_failed_memory_merge_still_records_the_summary_and_queues_the_webhook(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'records.db'}"
+    await asyncio.to_thread(migrate.upgrade, url)
+    store = MergeFailingStore(url)
+    outcome = make_outcome()
+    try:
+        record = await PostCallProcessor(
+            store, make_settings(), CountingFactory(["A summary."]), CountingExtractor(["A fact."])
+        ).process(outcome)
+        assert record is not None
+        assert record.summary == "A summary." and record.summary_state is SummaryState.COMPLETED
+        assert record.memory_state is MemoryState.PENDING
+        assert record.postcall_error == "finish: RuntimeError: merge failed"
+        assert await store.facts_for(USER) == []
+        assert await store.outbox_entry(outcome.session_id) is not None
+    finally:
+        await store.aclose()

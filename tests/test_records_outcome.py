@@ -47,7 +47,9 @@ def test_outcome_requires_exactly_one_owner_and_a_sane_time_range() -> None:
 
 def test_datetimes_are_normalised_to_utc() -> None:
     paris = timezone(timedelta(hours=1))
-    outcome = _outcome(started_at=datetime(2025, 3, 1, 13, 0, tzinfo=paris), ended_at=datetime(2025, 3, 1, 12, 1))
+    outcome = _outcome(
+        started_at=datetime(2025, 3, 1, 13, 0, tzinfo=paris), ended_at=datetime(2025, 3, 1, 12, 1)
+    )
     assert outcome.started_at == T0 and outcome.started_at.tzinfo is UTC
     assert outcome.ended_at.tzinfo is UTC
 
@@ -84,7 +86,11 @@ def test_history_conversion_keeps_the_conversation_with_timestamps_and_latencies
     ctx.add_message(role="assistant", content="", created_at=T0.timestamp() + 6)
 
     transcript = transcript_from_history(ctx)
-    assert [(t.role, t.text) for t in transcript] == [("assistant", "Hello!"), ("user", "I need help"), ("assistant", "Sure.")]
+    assert [(t.role, t.text) for t in transcript] == [
+        ("assistant", "Hello!"),
+        ("user", "I need help"),
+        ("assistant", "Sure."),
+    ]
     assert transcript[1].created_at == T0 + timedelta(seconds=3)
     assert transcript[2].interrupted is True
 
@@ -111,7 +117,13 @@ def test_merge_plan_dedupes_refreshes_caps_and_expires() -> None:
         _stored(3, "Lives in Lyon.", T0 + timedelta(days=2)),
         _stored(4, "Ancient fact.", T0 - timedelta(days=40)),
     ]
-    plan = plan_merge(existing, ["prefers  EMAIL.", "Drives a van.", "drives a van."], cap=3, now=now, retention=timedelta(days=30))
+    plan = plan_merge(
+        existing,
+        ["prefers  EMAIL.", "Drives a van.", "drives a van."],
+        cap=3,
+        now=now,
+        retention=timedelta(days=30),
+    )
     assert plan.updates == [(1, "prefers EMAIL.")]
     assert [text for _, text in plan.inserts] == ["Drives a van."]
     # cap 3: two from this call, then the newest other fact (Lyon); the dog and the expired fact go
@@ -119,7 +131,9 @@ def test_merge_plan_dedupes_refreshes_caps_and_expires() -> None:
 
 
 def test_merge_plan_with_more_new_facts_than_the_cap_keeps_the_first_ones() -> None:
-    plan = plan_merge([_stored(1, "Old.", T0)], [f"Fact {i}." for i in range(5)], cap=2, now=T0, retention=timedelta(days=1))
+    plan = plan_merge(
+        [_stored(1, "Old.", T0)], [f"Fact {i}." for i in range(5)], cap=2, now=T0, retention=timedelta(days=1)
+    )
     assert [text for _, text in plan.inserts] == ["Fact 0.", "Fact 1."]
     assert plan.deletes == [1]
     with pytest.raises(ValueError):

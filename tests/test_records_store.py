@@ -57,18 +57,36 @@ def make_outcome(session_id: uuid.UUID, **overrides: object) -> SessionOutcome:
         "started_at": T0,
         "ended_at": T0 + timedelta(minutes=3),
         "end_reason": "participant_left",
-        "procedure": ProcedureChoice(id=uuid.uuid4(), name="Refunds", router_latency_ms=412.5, reason="asked for a refund"),
-        "member_changes": [MemberChange(at=T0 + timedelta(seconds=30), to_member_id=uuid.uuid4(), reason="billing")],
+        "procedure": ProcedureChoice(
+            id=uuid.uuid4(), name="Refunds", router_latency_ms=412.5, reason="asked for a refund"
+        ),
+        "member_changes": [
+            MemberChange(at=T0 + timedelta(seconds=30), to_member_id=uuid.uuid4(), reason="billing")
+        ],
         "transcript": [
             TranscriptItem(role="assistant", text="Hello, how can I help?", created_at=T0),
-            TranscriptItem(role="user", text="I want a refund for order 77.", created_at=T0 + timedelta(seconds=4)),
-            TranscriptItem(role="assistant", text="Done.", created_at=T0 + timedelta(seconds=9), interrupted=True),
+            TranscriptItem(
+                role="user", text="I want a refund for order 77.", created_at=T0 + timedelta(seconds=4)
+            ),
+            TranscriptItem(
+                role="assistant", text="Done.", created_at=T0 + timedelta(seconds=9), interrupted=True
+            ),
         ],
         "turn_metrics": [
-            TurnMetrics(turn_index=1, created_at=T0 + timedelta(seconds=9), end_of_speech_to_first_audio_ms=820.0,
-                        llm_ttft_ms=310.5, tts_ttfb_ms=120.25),
+            TurnMetrics(
+                turn_index=1,
+                created_at=T0 + timedelta(seconds=9),
+                end_of_speech_to_first_audio_ms=820.0,
+                llm_ttft_ms=310.5,
+                tts_ttfb_ms=120.25,
+            ),
         ],
-        "usage": {"llm_prompt_tokens": 1200, "llm_completion_tokens": 80, "tts_characters": 64, "stt_audio_s": 41.5},
+        "usage": {
+            "llm_prompt_tokens": 1200,
+            "llm_completion_tokens": 80,
+            "tts_characters": 64,
+            "stt_audio_s": 41.5,
+        },
         "summary_instructions": "Summarise in one sentence.",
     }
     values.update(overrides)
@@ -114,12 +132,20 @@ async def test_concurrent_upgrades_both_succeed(database_url: str) -> None:  # n
 
 async def test_door_created_session_round_trips_through_start_and_completion(store: SessionStore) -> None:
     sid = uuid.uuid4()
-    created = await store.create_session(sid, "live", agent_id=AGENT, context_variables={"end_user_id": "user-42", "plan": "gold"})
+    created = await store.create_session(
+        sid, "live", agent_id=AGENT, context_variables={"end_user_id": "user-42", "plan": "gold"}
+    )
     assert created.status is SessionStatus.CREATED
     assert created.summary_state is SummaryState.PENDING and created.memory_state is MemoryState.PENDING
 
-    started = await store.mark_started(sid, session_type="live", revision_id=REVISION, agent_id=AGENT, end_user_id="user-42", started_at=T0)
-    assert started.status is SessionStatus.ACTIVE and started.started_at == T0 and started.revision_id == REVISION
+    started = await store.mark_started(
+        sid, session_type="live", revision_id=REVISION, agent_id=AGENT, end_user_id="user-42", started_at=T0
+    )
+    assert (
+        started.status is SessionStatus.ACTIVE
+        and started.started_at == T0
+        and started.revision_id == REVISION
+    )
 
     outcome = make_outcome(sid)
     await store.complete(outcome)
@@ -152,7 +178,9 @@ async def test_worker_creates_the_row_when_no_door_did(store: SessionStore) -> N
     assert await store.get(uuid.uuid4()) is None
 
 
-async def test_create_session_is_idempotent_and_rejects_a_different_session_under_the_same_id(store: SessionStore) -> None:
+async def test_create_session_is_idempotent_and_rejects_a_different_session_under_the_same_id(
+    store: SessionStore,
+) -> None:
     sid = uuid.uuid4()
     first = await store.create_session(sid, "test", agent_id=AGENT)
     again = await store.create_session(sid, "test", agent_id=AGENT)
@@ -175,17 +203,23 @@ async def test_completion_never_turns_a_door_test_session_into_a_live_one(store:
 async def _finish_with_facts(store: SessionStore, sid: uuid.UUID, facts: list[str], cap: int = 5) -> None:
     await store.finish_postcall(
         sid,
-        PostcallResult(summary=None, summary_state=SummaryState.SKIPPED, memory_state=MemoryState.SYNCED, new_facts=facts),
+        PostcallResult(
+            summary=None, summary_state=SummaryState.SKIPPED, memory_state=MemoryState.SYNCED, new_facts=facts
+        ),
         fact_cap=cap,
     )
 
 
-async def test_memory_merge_dedupes_case_insensitively_keeps_newest_and_caps(store: SessionStore, clock: FakeClock) -> None:
+async def test_memory_merge_dedupes_case_insensitively_keeps_newest_and_caps(
+    store: SessionStore, clock: FakeClock
+) -> None:
     s1, s2 = uuid.uuid4(), uuid.uuid4()
     await store.complete(make_outcome(s1))
     await store.complete(make_outcome(s2))
 
-    await _finish_with_facts(store, s1, ["Prefers email.", "Has a gold plan.", "prefers EMAIL.", "Lives in Lyon.", "  "], cap=3)
+    await _finish_with_facts(
+        store, s1, ["Prefers email.", "Has a gold plan.", "prefers EMAIL.", "Lives in Lyon.", "  "], cap=3
+    )
     assert await store.facts_for("user-42") == ["Prefers email.", "Has a gold plan.", "Lives in Lyon."]
 
     clock.advance(days=1)
@@ -198,7 +232,9 @@ async def test_memory_merge_dedupes_case_insensitively_keeps_newest_and_caps(sto
     assert await store.facts_for("someone-else") == []
 
 
-async def test_memory_older_than_retention_is_not_returned_and_is_pruned(store: SessionStore, clock: FakeClock) -> None:
+async def test_memory_older_than_retention_is_not_returned_and_is_pruned(
+    store: SessionStore, clock: FakeClock
+) -> None:
     s1, s2 = uuid.uuid4(), uuid.uuid4()
     await store.complete(make_outcome(s1))
     await store.complete(make_outcome(s2))
@@ -207,7 +243,9 @@ async def test_memory_older_than_retention_is_not_returned_and_is_pruned(store: 
     assert await store.facts_for("user-42") == []
     await _finish_with_facts(store, s2, ["New fact."])
     assert await store.facts_for("user-42") == ["New fact."]
-    clock.advance(days=-31)  # seen from before it expired, the old row would show again had it not been deleted
+    clock.advance(
+        days=-31
+    )  # seen from before it expired, the old row would show again had it not been deleted
     assert await store.facts_for("user-42") == ["New fact."]
 
 
@@ -215,39 +253,65 @@ async def test_concurrent_merges_for_one_end_user_do_not_fail_or_duplicate(store
     sids = [uuid.uuid4() for _ in range(4)]
     for sid in sids:
         await store.complete(make_outcome(sid))
-    await asyncio.gather(*(_finish_with_facts(store, sid, ["Shared fact.", f"Own fact {i}."], cap=10) for i, sid in enumerate(sids)))
+    await asyncio.gather(
+        *(
+            _finish_with_facts(store, sid, ["Shared fact.", f"Own fact {i}."], cap=10)
+            for i, sid in enumerate(sids)
+        )
+    )
     facts = await store.facts_for("user-42")
     assert facts.count("Shared fact.") == 1
     assert sorted(f for f in facts if f.startswith("Own")) == [f"Own fact {i}." for i in range(4)]
 
 
-async def test_outbox_entry_is_written_with_the_record_and_never_requeued_once_delivered(store: SessionStore, clock: FakeClock) -> None:
+async def test_outbox_entry_is_written_with_the_record_and_never_requeued_once_delivered(
+    store: SessionStore, clock: FakeClock
+) -> None:
     sid = uuid.uuid4()
     await store.complete(make_outcome(sid))
-    result = PostcallResult(summary="s1", summary_state=SummaryState.COMPLETED, memory_state=MemoryState.SKIPPED)
-    record = await store.finish_postcall(sid, result, fact_cap=5, webhook_payload=lambda r: {"summary": r.summary})
+    result = PostcallResult(
+        summary="s1", summary_state=SummaryState.COMPLETED, memory_state=MemoryState.SKIPPED
+    )
+    record = await store.finish_postcall(
+        sid, result, fact_cap=5, webhook_payload=lambda r: {"summary": r.summary}
+    )
     assert record.summary == "s1" and record.postcall_completed_at == clock.now
     entry = await store.outbox_entry(sid)
     assert entry is not None and entry.payload == {"summary": "s1"} and entry.attempts == 0
 
     # processed again before delivery: the entry carries the newest record, still once
-    result2 = PostcallResult(summary="s2", summary_state=SummaryState.COMPLETED, memory_state=MemoryState.SKIPPED)
+    result2 = PostcallResult(
+        summary="s2", summary_state=SummaryState.COMPLETED, memory_state=MemoryState.SKIPPED
+    )
     await store.finish_postcall(sid, result2, fact_cap=5, webhook_payload=lambda r: {"summary": r.summary})
     assert [e.payload for e in await store.undelivered_outbox()] == [{"summary": "s2"}]
 
     await store.mark_outbox_delivered(entry.id, at=clock.now)
-    result3 = PostcallResult(summary="s3", summary_state=SummaryState.COMPLETED, memory_state=MemoryState.SKIPPED)
+    result3 = PostcallResult(
+        summary="s3", summary_state=SummaryState.COMPLETED, memory_state=MemoryState.SKIPPED
+    )
     await store.finish_postcall(sid, result3, fact_cap=5, webhook_payload=lambda r: {"summary": r.summary})
     delivered = await store.outbox_entry(sid)
-    assert delivered is not None and delivered.delivered_at == clock.now and delivered.payload == {"summary": "s2"}
+    assert (
+        delivered is not None
+        and delivered.delivered_at == clock.now
+        and delivered.payload == {"summary": "s2"}
+    )
     assert await store.undelivered_outbox() == []
-    assert await store.claim_due_outbox(now=clock.now + timedelta(days=1), limit=10, lease=timedelta(seconds=5)) == []
+    assert (
+        await store.claim_due_outbox(now=clock.now + timedelta(days=1), limit=10, lease=timedelta(seconds=5))
+        == []
+    )
 
 
-async def test_a_claimed_outbox_entry_is_leased_until_the_lease_expires(store: SessionStore, clock: FakeClock) -> None:
+async def test_a_claimed_outbox_entry_is_leased_until_the_lease_expires(
+    store: SessionStore, clock: FakeClock
+) -> None:
     sid = uuid.uuid4()
     await store.complete(make_outcome(sid))
-    result = PostcallResult(summary=None, summary_state=SummaryState.SKIPPED, memory_state=MemoryState.SKIPPED)
+    result = PostcallResult(
+        summary=None, summary_state=SummaryState.SKIPPED, memory_state=MemoryState.SKIPPED
+    )
     await store.finish_postcall(sid, result, fact_cap=5, webhook_payload=lambda r: {"id": str(r.id)})
 
     lease = timedelta(seconds=40)

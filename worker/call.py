@@ -16,12 +16,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import AgentSession, JobContext
+from livekit.agents import AgentSession, JobContext, llm
 from livekit.agents.voice.events import CloseEvent, CloseReason
 
 from catalog.loader import CatalogStore
 from catalog.pipeline_config import VoicePipelineConfig
 from procedures.agent import CallAgent
+from procedures.router import RouterModels
+from procedures.supervisor import Supervision, Supervisor
+from procedures.team import TeamCall
 from procedures.templates import render
 from procedures.variables import CallVariables
 from worker.admission import Admission, admit
@@ -64,6 +67,8 @@ class Call:
     job_id: str
     end_reason: str | None = None
     ended_at: datetime | None = None
+    # Procedure choice and team member changes, for the session record (procedures/supervisor.py).
+    supervision: Supervision = field(default_factory=Supervision)
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def record_end(self, reason: str) -> None:
@@ -125,7 +130,30 @@ async def start_call(
         if call_ref:
             call_ref[0].record_end(reason)
 
-    agent = CallAgent(revision=revision, variables=variables, on_end=record_end)
+    supervision = Supervision()
+    session_llm = session.llm if isinstance(session.llm, llm.LLM) else None
+    router_models = RouterModels(settings, default=session_llm)
+    ctx.add_shutdown_callback(router_models.aclose)
+    agent: CallAgent
+    if admission.team is not None:
+        team_call = TeamCall(
+            team=admission.team,
+            agents=services.catalog.get().agents,
+            system_values=system_values,
+            on_end=record_end,
+            router_models=router_models,
+            supervision=supervision,
+            initial_variables=variables,
+        )
+        agent = team_call.initial_agent()
+    else:
+        supervisor = Supervisor.for_revision(
+            revision,
+            router_model=router_models(revision.router_model_settings),
+            record=supervision,
+            agent_id=admission.agent.id,
+        )
+        agent = CallAgent(revision=revision, variables=variables, on_end=record_end, supervisor=supervisor)
     call = Call(
         admission=admission,
         variables=variables,
@@ -133,6 +161,7 @@ async def start_call(
         agent=agent,
         started_at=datetime.now(UTC),
         job_id=ctx.job.id,
+        supervision=supervision,
     )
     call_ref.append(call)
     session.on("close", call._on_close)

@@ -110,36 +110,32 @@ def _parse_vars(pairs: list[str]) -> dict[str, str]:
 
 
 def _web_call(args: argparse.Namespace) -> int:
-    from catalog.context_vars import ContextVarErrors, coerce_seeds
-    from catalog.loader import load_catalog
-    from worker.tokens import mint_call
+    """The door's own minting core (scope: everything), so the CLI and the HTTP door cannot drift apart."""
+    from catalog.context_vars import ContextVarErrors
+    from catalog.loader import CatalogStore
+    from door.core import CallTarget, WebCallService
+    from door.errors import DoorError
+    from door.keys import ApiKey, KeyScopes
+    from door.sessions import default_session_creator
 
     settings = _settings(args)
     try:
         seeds = _parse_vars(args.var)
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    catalog = load_catalog(settings.catalog_path)
     agent_id = _uuid(args.agent_id, "--agent-id")
     team_id = _uuid(args.team_id, "--team-id")
-    if agent_id is not None:
-        agent = catalog.agents.get(agent_id)
-        if agent is None or not agent.enabled:
-            return _fail(f"agent {agent_id} is {'disabled' if agent else 'not in the catalog'}", EXIT_USAGE)
-        try:
-            seeds = coerce_seeds(agent.active_revision.context_variables, seeds)
-        except ContextVarErrors as exc:
-            return _fail(f"context variables: {exc}", EXIT_USAGE)
-    else:
-        team = catalog.teams.get(team_id)  # type: ignore[arg-type]
-        if team is None or not team.enabled:
-            return _fail(f"team {team_id} is {'disabled' if team else 'not in the catalog'}", EXIT_USAGE)
-        if seeds:
-            print("voice-worker: team calls ignore context variables (platform contract)", file=sys.stderr)
-        seeds = {}
-    minted = mint_call(
-        settings, session_type=args.session_type, agent_id=agent_id, team_id=team_id, context_variables=seeds
-    )
+    target = CallTarget(kind="agent", id=agent_id) if agent_id else CallTarget(kind="team", id=team_id)  # type: ignore[arg-type]
+    if team_id and seeds:
+        print("voice-worker: team calls ignore context variables (platform contract)", file=sys.stderr)
+    operator = ApiKey(name="voice-worker-cli", sha256="0" * 64, scopes=KeyScopes(agents=("*",), teams=("*",)))
+    service = WebCallService(settings, CatalogStore(settings.catalog_path), default_session_creator(settings))
+    try:
+        minted = asyncio.run(service.start_call(operator, target, seeds or None, session_type=args.session_type))
+    except ContextVarErrors as exc:
+        return _fail(f"context variables: {exc}", EXIT_USAGE)
+    except DoorError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     print(json.dumps(minted.as_web_call_response(), indent=2))
     return EXIT_OK
 

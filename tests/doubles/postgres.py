@@ -60,7 +60,9 @@ class PostgresServer:
         name = f"vw_test_{uuid.uuid4().hex[:16]}"
         with psycopg.connect(_libpq_url(self.admin_dsn), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        return _sqlalchemy_url(make_url(self.admin_dsn).set(database=name).render_as_string(hide_password=False))
+        return _sqlalchemy_url(
+            make_url(self.admin_dsn).set(database=name).render_as_string(hide_password=False)
+        )
 
     def drop_database(self, url: str) -> None:
         name = make_url(url).database
@@ -115,7 +117,9 @@ class _Cluster:
         raise RuntimeError(f"{what} failed ({proc.returncode}): {proc.stderr[-2000:]}\n{log}")
 
     def start(self) -> str:
-        proc = self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "-N")
+        proc = self._run(
+            "initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "-N"
+        )
         if proc.returncode != 0:
             self._fail("initdb", proc)
         for _ in range(3):
@@ -124,7 +128,9 @@ class _Cluster:
                 f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base} "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
             )
-            proc = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start")
+            proc = self._run(
+                "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start"
+            )
             if proc.returncode == 0:
                 return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
         self._fail("pg_ctl start", proc)

@@ -50,9 +50,7 @@ def upgrade() -> None:
         sa.Column("postcall_completed_at", _TZ, nullable=True),
         sa.Column("updated_at", _TZ, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_sessions"),
-        sa.CheckConstraint(
-            "session_type IN ('live', 'test', 'simulation')", name="ck_sessions_session_type"
-        ),
+        sa.CheckConstraint("session_type IN ('live', 'test', 'simulation')", name="ck_sessions_session_type"),
         sa.CheckConstraint("status IN ('created', 'active', 'ended')", name="ck_sessions_status"),
         sa.CheckConstraint(
             "summary_state IN ('pending', 'completed', 'skipped', 'suppressed', 'failed')",

@@ -1,0 +1,1 @@
+"""Latency benchmarks run against in-process doubles (not part of the worker)."""
