@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import statistics
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -61,11 +62,14 @@ TURN1 = "I want my money back for the blender"
 TURN2 = "The order number is one two three four"
 SUPPORT = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01")
 REFUND_REPLY = "Sure, what is the order number?"
-DEFAULT_REPLY = "Sure, how can I help?"
+DEFAULT_REPLY = "Sure, what is the issue today?"  # as many words as REFUND_REPLY: the same time to a sentence
 RESULTS = Path(__file__).resolve().parent / "results" / "turn1_penalty.json"
-CACHE = Path(__file__).resolve().parent / "results" / ".speech-cache"
+CACHE = Path(tempfile.gettempdir()) / "voice-worker-speech-cache"
 DESIGNS = ("speculative", "sequential", "on_user_turn_completed", "no_router")
 WAIT_S = 30.0
+LEAD_IN_S = 0.3
+PAUSE_S = 4.0  # longer than the turn-1 reply takes to play out
+VAD_PHASE_PERIOD_S = 0.16  # lcm of the 10 ms input frames and Silero's 512-sample (32 ms) windows at 16 kHz
 
 
 @dataclass
@@ -155,10 +159,36 @@ async def _wait(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
         await asyncio.sleep(0.01)
 
 
-async def run_call(design: str, revision: Revision, vad: SharedVAD, clips: tuple[Any, Any]) -> CallResult:
-    config = VoicePipelineConfig(
-        endpointing_min_delay_ms=ENDPOINTING_MS, turn_detection="vad", first_speaking={"first_speaker": "user"}
-    )
+def _pause_between(clip: Any) -> float:
+    """At least PAUSE_S, and long enough that turn 2 starts at the same phase of the VAD's 32 ms windows
+    (and of the 10 ms frames) as turn 1: otherwise turn 2's end of speech is detected up to a window
+    earlier or later than turn 1's, a ±30 ms difference that has nothing to do with the design."""
+    rate = clip.sample_rate
+    padded = -(-len(clip.pcm) // (rate // 100)) * (rate // 100)  # the input pads clips to whole frames
+    period = VAD_PHASE_PERIOD_S * rate
+    samples = round(PAUSE_S * rate)
+    samples += int(-(padded + samples) % period)
+    return samples / rate
+
+
+def pipeline_config(**changes: Any) -> VoicePipelineConfig:
+    """The benchmark's pipeline: 500 ms endpointing, VAD turn detection, preemptive generation (defaults)."""
+    fields: dict[str, Any] = {
+        "endpointing_min_delay_ms": ENDPOINTING_MS,
+        "turn_detection": "vad",
+        "first_speaking": {"first_speaker": "user"},
+    }
+    return VoicePipelineConfig(**{**fields, **changes})
+
+
+async def run_call(
+    design: str,
+    revision: Revision,
+    vad: SharedVAD,
+    clips: tuple[Any, Any],
+    config: VoicePipelineConfig | None = None,
+) -> CallResult:
+    config = config or pipeline_config()
     router, reply = _router(), _reply_llm()
     stt = FakeSTT([TURN1, TURN2], latency_s=STT_S)
     tts = FakeTTS(ttfb_s=TTS_TTFB_S)
@@ -166,21 +196,20 @@ async def run_call(design: str, revision: Revision, vad: SharedVAD, clips: tuple
     session = AgentSession(
         stt=stt, llm=reply, tts=tts, vad=vad.for_pipeline(config), turn_handling=turn_handling_options(config)
     )
-    caller = ScriptedAudioInput([0.3, clips[0]])
+    caller = ScriptedAudioInput([LEAD_IN_S, clips[0], _pause_between(clips[0]), clips[1]])
     speaker = CapturingAudioOutput()
     session.input.audio = caller
     session.output.audio = speaker
     async with session:
         await session.start(agent)
-        await caller.wait_for_speech_end(0, timeout=WAIT_S)
-        await _wait(lambda: len(speaker.segments) >= 1 and speaker.segments[0].finished_at is not None)
-        caller.enqueue(0.3, clips[1])
         await caller.wait_for_speech_end(1, timeout=WAIT_S)
         await _wait(lambda: len(speaker.segments) >= 2)
         ends = caller.speech_ended_at
-        firsts = [seg.first_frame_at for seg in speaker.segments]
-        turn1 = (firsts[0] - ends[0]) * 1000
-        turn2 = (next(t for t in firsts if t > ends[1]) - ends[1]) * 1000
+        first = speaker.segments[0]
+        if first.interrupted or first.finished_at is None or first.finished_at > (caller.speech[1].started_at or 0):
+            raise RuntimeError("turn 2 began before the turn-1 reply finished playing; lengthen the pause")
+        turn1 = (first.first_frame_at - ends[0]) * 1000
+        turn2 = (speaker.segments[1].first_frame_at - ends[1]) * 1000
         caller.close()
         turn1_reply = next(m.text_content or "" for m in session.history.messages() if m.role == "assistant")
     return CallResult(
@@ -214,7 +243,10 @@ def answered(summary: DesignSummary) -> str:
 
 def markdown(summaries: list[DesignSummary]) -> str:
     lines = [
-        "| design | calls | turn 1 p50 | turn 2 p50 | turn 1 - turn 2 p50 (max) | reply requests, turn 1 | turn 1 answered |",
+        (
+            "| design | calls | turn 1 p50 | turn 2 p50 | turn 1 - turn 2 p50 (max) "
+            "| reply requests, turn 1 | turn 1 answered under |"
+        ),
         "|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
@@ -227,7 +259,9 @@ def markdown(summaries: list[DesignSummary]) -> str:
     return "\n".join(lines)
 
 
-async def main(calls: int, designs: tuple[str, ...] = DESIGNS, results_path: Path | None = RESULTS) -> list[DesignSummary]:
+async def main(
+    calls: int, designs: tuple[str, ...] = DESIGNS, results_path: Path | None = RESULTS
+) -> list[DesignSummary]:
     require_espeak()
     revision = load_catalog(EXAMPLE_CATALOG).agents[SUPPORT].active_revision
     vad = SharedVAD.load()

@@ -115,7 +115,7 @@ class CallLimits:
         # a typed or transcribed user message counts as the caller being back, even without VAD speech
         if isinstance(ev.item, llm.ChatMessage) and ev.item.role == "user":
             self._reminders_sent = 0
-            self._rearm()
+            self._rearm(restart=True)
 
     def _on_close(self, ev: CloseEvent) -> None:
         self.stop()
@@ -129,13 +129,17 @@ class CallLimits:
             and not self._speaking_ours
         )
 
-    def _rearm(self) -> None:
-        if self._silence_timer is not None:
+    def _rearm(self, *, restart: bool = False) -> None:
+        """Run the silence clock exactly while it is silent. A state change within silence (the
+        session's own listening -> away after `user_away_timeout`) keeps the running clock."""
+        silent = (
+            self._silence_s is not None and self.ended_reason is None and self._started and self._silent()
+        )
+        if self._silence_timer is not None and (restart or not silent):
             self._silence_timer.cancel()
             self._silence_timer = None
-        if self._silence_s is None or self.ended_reason is not None or not self._started:
-            return
-        if self._silent():
+        if silent and self._silence_timer is None:
+            assert self._silence_s is not None
             self._silence_timer = asyncio.get_running_loop().call_later(self._silence_s, self._on_silence)
 
     def _on_silence(self) -> None:
@@ -144,14 +148,16 @@ class CallLimits:
             return
         if self._reminders_sent < self._reminder_count and self._reminder is not None:
             self._reminders_sent += 1
+            # set before the task runs, so no state change in between restarts the clock
+            self._speaking_ours = True
             self._spawn(self._say_reminder(self._reminder))
         elif self._end_message:
+            self._speaking_ours = True
             self._spawn(self._say_then_end(self._end_message))
         else:
             self._end(SILENCE_TIMEOUT)
 
     async def _say_reminder(self, text: str) -> None:
-        self._speaking_ours = True
         try:
             await self._session.say(text)
         finally:
@@ -159,7 +165,6 @@ class CallLimits:
             self._rearm()
 
     async def _say_then_end(self, text: str) -> None:
-        self._speaking_ours = True
         try:
             await self._session.say(text, allow_interruptions=False)
         finally:

@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from livekit.agents import llm
-from livekit.agents import APITimeoutError
+from livekit.agents import APITimeoutError, llm
 from livekit.agents.llm import RawFunctionTool, function_tool
 from livekit.agents.types import APIConnectOptions
 
@@ -153,7 +152,7 @@ class ConstrainedRouter:
             answer = await asyncio.wait_for(self._ask(utterance), self.timeout_s)
         except (TimeoutError, APITimeoutError):
             return RouteResult(None, "timeout", elapsed_ms(), f"no answer within {self.timeout_s * 1000:.0f} ms")
-        except Exception as exc:  # provider errors of every kind: the call must go on without a choice
+        except Exception as exc:  # noqa: BLE001 - any provider error: the call goes on without a choice
             return RouteResult(None, "error", elapsed_ms(), f"router request failed: {type(exc).__name__}")
 
         if answer is None:
@@ -216,7 +215,9 @@ class RouterModels:
         provider = PROVIDERS.get(entry.provider)
         api_key = provider.api_key(self._settings) if provider is not None else None
         if provider is None or provider.build_llm is None or api_key is None:
-            log.warning("router model %s/%s cannot be built here; routing with the call's LLM", entry.provider, entry.model)
+            log.warning(
+                "router model %s/%s cannot be built here; routing with the call's LLM", entry.provider, entry.model
+            )
             return self._default
         model = provider.build_llm(entry, api_key=api_key)
         self._built[key] = model

@@ -14,7 +14,10 @@ enabled auto procedure, up to `max_speculation - 1` by priority, plus the fallba
 candidate's instructions and tools, concurrently with the router. When the router answers, the chosen
 stream's buffered and remaining chunks are yielded and the others are cancelled, so turn 1 costs
 max(router, LLM time to first token) instead of their sum. A procedure left out of the speculation (more
-auto procedures than the cap) gets its stream only once chosen, and then pays the router's latency.
+auto procedures than the cap) gets its stream only once chosen, and then pays the router's latency;
+`max_speculation=0` turns speculation off altogether (the reply waits for the router: fewer tokens, a
+slower turn 1). Speculation costs tokens, not time: the cancelled streams are cut off at the router's
+answer, normally before their first token.
 
 The agent's own instructions are left alone until the turn-1 reply is committed: livekit keeps a
 preemptive reply only if the agent's chat context and tools are unchanged at end of turn, and changing
@@ -296,7 +299,7 @@ class _Stream:
         try:
             async for item in source:
                 self._queue.put_nowait(item)
-        except Exception as exc:  # handed to the consumer, which re-raises it as the LLM's own error
+        except Exception as exc:  # noqa: BLE001 - re-raised by the consumer as the LLM's own error
             self._queue.put_nowait(_End(exc))
             return
         self._queue.put_nowait(_End(None))
@@ -380,6 +383,9 @@ class Supervisor:
         if self._agent is not None and self._agent is not agent:
             raise RuntimeError("a Supervisor serves one agent")
         self._agent = agent
+        if TRANSFER_TOOL not in agent.tool_ids_for(None):
+            # a team router's answer could not be acted on without the member's transfer tool
+            self._team_route = None
 
     def start(self, session: AgentSession, chat_ctx: llm.ChatContext) -> None:
         self._session = session

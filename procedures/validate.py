@@ -61,12 +61,12 @@ def procedure_problems(revision: Revision, prefix: str) -> list[TemplateProblem]
     for index, procedure in enumerate(revision.procedures):
         field = f"{prefix}.procedures[{index}]"
         if procedure.name in seen:
-            problems.append(
-                TemplateProblem(f"{field}.name", f"duplicate procedure name {procedure.name!r} (also procedures[{seen[procedure.name]}])")
-            )
+            reason = f"duplicate procedure name {procedure.name!r} (also procedures[{seen[procedure.name]}])"
+            problems.append(TemplateProblem(f"{field}.name", reason))
         seen.setdefault(procedure.name, index)
         if procedure.trigger_type == "auto" and procedure.name.strip().lower() == ROUTER_NONE:
-            problems.append(TemplateProblem(f"{field}.name", f"{ROUTER_NONE!r} is reserved: the router answers it for 'no procedure'"))
+            reason = f"{ROUTER_NONE!r} is reserved: the router answers it for 'no procedure'"
+            problems.append(TemplateProblem(f"{field}.name", reason))
         for k_index, phrase in enumerate(procedure.keywords):
             if not normalize(phrase):
                 problems.append(TemplateProblem(f"{field}.keywords[{k_index}]", "keyword has no words to match"))
@@ -78,23 +78,21 @@ def procedure_problems(revision: Revision, prefix: str) -> list[TemplateProblem]
         for j, second in keyword[pos + 1 :]:
             shared = sorted(phrases & {normalize(k) for k in second.keywords})
             if shared and first.priority == second.priority:
-                problems.append(
-                    TemplateProblem(
-                        f"{prefix}.procedures[{j}].priority",
-                        f"keyword {shared[0]!r} also triggers procedures[{i}] at the same priority; the first declared would always win",
-                    )
+                reason = (
+                    f"keyword {shared[0]!r} also triggers procedures[{i}] at the same priority; "
+                    "the first declared would always win"
                 )
+                problems.append(TemplateProblem(f"{prefix}.procedures[{j}].priority", reason))
     always = [(i, p) for i, p in enabled if p.trigger_type == "always_on"]
     if always:
         top = max(p.priority for _, p in always)
         tied = [i for i, p in always if p.priority == top]
         if len(tied) > 1:
-            problems.append(
-                TemplateProblem(
-                    f"{prefix}.procedures[{tied[1]}].priority",
-                    f"several enabled always_on procedures share the top priority {top} (procedures{tied}); the fallback is ambiguous",
-                )
+            reason = (
+                f"several enabled always_on procedures share the top priority {top} "
+                f"(procedures{tied}); the fallback is ambiguous"
             )
+            problems.append(TemplateProblem(f"{prefix}.procedures[{tied[1]}].priority", reason))
     return problems
 
 
@@ -115,20 +113,16 @@ def team_problems(team: Team, agents: Mapping[uuid.UUID, Agent], prefix: str = "
 
     for index, member in enumerate(team.members):
         if member.assistant_id not in agents:
-            problems.append(
-                TemplateProblem(f"{dot}members[{index}].assistant_id", f"agent {member.assistant_id} is not in the catalog")
-            )
+            reason = f"agent {member.assistant_id} is not in the catalog"
+            problems.append(TemplateProblem(f"{dot}members[{index}].assistant_id", reason))
         if team.mode == "supervisor" and member.router_name.lower() == ROUTER_NONE:
-            problems.append(
-                TemplateProblem(f"{dot}members[{index}].router_name", f"{ROUTER_NONE!r} is reserved: the team router answers it for 'stay'")
-            )
+            reason = f"{ROUTER_NONE!r} is reserved: the team router answers it for 'stay'"
+            problems.append(TemplateProblem(f"{dot}members[{index}].router_name", reason))
     if not available(team.initial_member):
-        problems.append(
-            TemplateProblem(f"{dot}initial_member_id", "the initial member or its agent is disabled or missing: every call would be refused")
-        )
+        reason = "the initial member or its agent is disabled or missing: every call would be refused"
+        problems.append(TemplateProblem(f"{dot}initial_member_id", reason))
     fallback = team.fallback_member
     if fallback is not None and not available(fallback):
-        problems.append(
-            TemplateProblem(f"{dot}fallback_member_id", "the fallback member or its agent is disabled or missing: a failed handoff has nowhere to go")
-        )
+        reason = "the fallback member or its agent is disabled or missing: a failed handoff has nowhere to go"
+        problems.append(TemplateProblem(f"{dot}fallback_member_id", reason))
     return problems

@@ -189,3 +189,21 @@ async def test_sync_on_end_callback_is_accepted(session, limits_for) -> None:
     limits_for(config(max_call_duration_ms=100), reasons.append)
     await eventually(lambda: bool(reasons))
     assert reasons == [MAX_CALL_DURATION]
+
+
+async def test_the_session_marking_the_user_away_does_not_restart_the_silence_clock() -> None:
+    # livekit's own away timer (user_away_timeout) fires in the middle of the silence
+    s = AgentSession(llm=FakeLLM(), user_away_timeout=0.2)
+    await s.start(Agent(instructions="You are a test agent."))
+    limits = CallLimits(
+        s, config(silence_timeout_ms=2000, silence_end_action="hangup_immediate"), on_end=Ends()
+    )
+    try:
+        limits.start()
+        clock = limits._silence_timer
+        assert clock is not None
+        await eventually(lambda: s.user_state == "away")
+        assert limits._silence_timer is clock and not clock.cancelled()
+    finally:
+        await limits.aclose()
+        await s.aclose()

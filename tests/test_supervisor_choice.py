@@ -200,7 +200,7 @@ async def test_disabled_procedure_is_never_offered():
 
 async def test_turn_one_reply_is_one_stream_under_the_chosen_procedure():
     doubles = Doubles(route_by_phrase)
-    session, agent, supervisor, _ = await start_support(doubles)
+    session, _, supervisor, _ = await start_support(doubles)
     async with session:
         await session.run(user_input="I want my money back")
         await settled(supervisor)
@@ -268,7 +268,7 @@ async def test_speculation_is_capped_and_an_unspeculated_choice_still_answers():
         MARKERS[p.name] = f"Handle {p.name}."
     try:
         doubles = Doubles(lambda _: "topic_4")
-        session, agent, supervisor, supervision = await start_support(doubles, revision=revision, max_speculation=3)
+        session, _, supervisor, supervision = await start_support(doubles, revision=revision, max_speculation=3)
         async with session:
             result = await session.run(user_input="about topic four")
             assert last_reply(result) == "[topic_4] reply"
@@ -292,7 +292,7 @@ async def test_no_enabled_procedures_needs_no_router_and_keeps_the_default():
     disabled = tuple(p.model_copy(update={"enabled": False}) for p in SUPPORT_REVISION.procedures)
     revision = SUPPORT_REVISION.model_copy(update={"procedures": disabled})
     doubles = Doubles(route_by_phrase, hold=False)
-    session, agent, supervisor, supervision = await start_support(doubles, revision=revision)
+    session, _, supervisor, supervision = await start_support(doubles, revision=revision)
     async with session:
         result = await session.run(user_input="where is my order")
         assert last_reply(result) == "[default] reply"
