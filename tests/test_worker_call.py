@@ -38,6 +38,21 @@ def metadata(settings: Settings, **kw) -> str:
     )
 
 
+def replies(text: str, procedure: str = "refund_request"):
+    """A FakeLLM script: router requests (one enum tool, choose_procedure) pick `procedure`; replies say `text`."""
+
+    def script(chat_ctx, tools):
+        if tools and getattr(tools[0], "id", None) == "choose_procedure":
+            return Reply(tool_calls=[("choose_procedure", {"name": procedure})])
+        return Reply(text=text)
+
+    return script
+
+
+def reply_calls(fake: FakeLLM):
+    return [c for c in fake.calls if "choose_procedure" not in c.tool_names]
+
+
 def assistant_texts(history: llm.ChatContext) -> list[str]:
     return [m.text_content or "" for m in history.messages() if m.role == "assistant"]
 
@@ -51,7 +66,7 @@ async def wait_for(predicate, timeout: float = 5.0) -> None:
 
 
 async def test_greeting_carries_the_seed_and_the_reply_comes_from_the_llm(settings: Settings):
-    fake = FakeLLM([Reply(text="Sure Dana, what is the order number?")])
+    fake = FakeLLM(replies("Sure Dana, what is the order number?"))
     services = CallServices(settings=settings, catalog=CatalogStore(EXAMPLE_CATALOG), session_kwargs=lambda _: {"llm": fake})
     session_id = uuid.uuid4()
     seeds = {"customer_name": "Dana", "tier": "GOLD", "order_count": "3"}
@@ -66,7 +81,7 @@ async def test_greeting_carries_the_seed_and_the_reply_comes_from_the_llm(settin
             assert assistant_texts(call.session.history)[-1] == "Sure Dana, what is the order number?"
 
             # The LLM saw the revision's system prompt rendered with the coerced seeds and the caller's words.
-            seen = fake.calls[-1]
+            seen = next(c for c in reply_calls(fake) if "Handle a refund" in (c.instructions or ""))
             assert "The caller is Dana (gold tier)" in (seen.instructions or "")
             assert "placed 3 orders" in (seen.instructions or "")
             assert seen.last_user_text == "I want to return a blender"

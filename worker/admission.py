@@ -57,6 +57,11 @@ def _default_pipeline_check(config: VoicePipelineConfig, settings: Settings, whe
     return [f"{p.field}: {p.reason}" for p in pipeline_problems(config, settings, where=where)]
 
 
+def llm_only_pipeline_check(config: VoicePipelineConfig, settings: Settings, where: str) -> list[str]:
+    """For text-only sessions (console): only the model chain has to be usable."""
+    return [p for p in _default_pipeline_check(config, settings, where) if p.startswith(f"{where}.model_chain")]
+
+
 def admit(
     claims: DispatchClaims,
     catalog: Catalog,

@@ -21,13 +21,17 @@ from livekit.agents.voice.events import CloseEvent, CloseReason
 
 from catalog.loader import CatalogStore
 from catalog.pipeline_config import VoicePipelineConfig
+from pipelines.call_limits import CallLimits
+from records.history import transcript_from_history, turn_metrics_from_history
+from records.outcome import MemberChange, ProcedureChoice, SessionOutcome
+from records.store import SessionStore
 from procedures.agent import CallAgent
 from procedures.router import RouterModels
 from procedures.supervisor import Supervision, Supervisor
 from procedures.team import TeamCall
 from procedures.templates import render
 from procedures.variables import CallVariables
-from worker.admission import Admission, admit
+from worker.admission import Admission, admit, llm_only_pipeline_check
 from worker.dispatch import verify_dispatch_metadata
 from worker.settings import Settings
 
@@ -45,16 +49,25 @@ _CLOSE_REASONS = {
     CloseReason.TASK_COMPLETED: "pipeline_exit",
 }
 
-SessionFactory = Callable[[VoicePipelineConfig], dict[str, Any]]
+# A pipeline config → AgentSession kwargs: either a plain dict (tests, benchmarks) or an object with
+# `session_kwargs()` and `aclose()` (pipelines.builder.BuiltPipeline), closed when the call ends.
+SessionFactory = Callable[[VoicePipelineConfig], Any]
+
+# Memory lookup must never hold the greeting for long; a slow store means this call starts without memory.
+MEMORY_LOOKUP_TIMEOUT_S = 0.5
 
 
 @dataclass
 class CallServices:
-    """What a call needs from its process. `session_kwargs` turns a pipeline config into AgentSession kwargs."""
+    """What a call needs from its process."""
 
     settings: Settings
     catalog: CatalogStore
     session_kwargs: SessionFactory
+    # Session records and end-user memory; None runs calls without a store (console, some tests).
+    store: SessionStore | None = None
+    # Text-only sessions (console) need only the LLM chain to be usable, not STT/TTS keys.
+    text_only: bool = False
 
 
 @dataclass
@@ -69,7 +82,12 @@ class Call:
     ended_at: datetime | None = None
     # Procedure choice and team member changes, for the session record (procedures/supervisor.py).
     supervision: Supervision = field(default_factory=Supervision)
+    end_user_id: str | None = None
+    # What the pipeline factory built, when it owns provider clients to close at the end.
+    resources: Any = None
+    limits: CallLimits | None = None
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
+    _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def record_end(self, reason: str) -> None:
         """The first reason recorded wins: an agent that ends the call is not later a 'participant_left'."""
@@ -85,6 +103,57 @@ class Call:
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def _spawn(self, coro: Any, what: str) -> None:
+        task = asyncio.create_task(coro, name=f"call-{what}")
+        self._background.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("call %s: %s failed: %r", self.admission.claims.session_id, what, t.exception())
+
+        task.add_done_callback(done)
+
+    async def finish(self, reason: str = "server_shutdown") -> None:
+        """End the session if it still runs (job terminated, worker draining) and release what the call holds."""
+        if not self.closed:
+            self.record_end(reason)
+            await self.session.aclose()
+        if self.limits is not None:
+            await self.limits.aclose()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self.resources is not None:
+            await self.resources.aclose()
+            self.resources = None
+
+    def outcome(self) -> SessionOutcome:
+        """Everything known about the call, for the session record and post-call processing."""
+        admission, claims = self.admission, self.admission.claims
+        procedure = self.supervision.procedure_record()
+        team = admission.team
+        return SessionOutcome(
+            session_id=claims.session_id,
+            session_type=claims.session_type,
+            agent_id=None if team else admission.agent.id,
+            team_id=team.id if team else None,
+            revision_id=None if team else admission.revision.id,
+            end_user_id=self.end_user_id,
+            started_at=self.started_at,
+            ended_at=self.ended_at or datetime.now(UTC),
+            end_reason=self.end_reason or "unknown",
+            procedure=ProcedureChoice(**procedure) if procedure else None,
+            member_changes=[MemberChange(**m) for m in self.supervision.member_change_records()],
+            transcript=transcript_from_history(self.session.history),
+            turn_metrics=turn_metrics_from_history(self.session.history),
+            usage=_usage(self.session),
+            summary_instructions=(team.summary_instructions if team else admission.revision.summary_instructions),
+        )
 
     @property
     def log_context(self) -> dict[str, str]:
@@ -109,13 +178,17 @@ async def start_call(
     claims = verify_dispatch_metadata(
         ctx.job.metadata, secret=settings.signing_secret(), issuer=settings.dispatch_issuer
     )
-    admission = admit(claims, services.catalog.get(), settings)
+    catalog = services.catalog.get()
+    admission = admit(
+        claims, catalog, settings, **({"pipeline_check": llm_only_pipeline_check} if services.text_only else {})
+    )
     revision = admission.revision
     system_values: dict[str, Any] = {
         "session_id": str(claims.session_id),
         "session_type": claims.session_type,
         "agent_id": str(admission.agent.id),
         "team_id": str(admission.team.id) if admission.team else None,
+        "end_user_id": claims.end_user_id,
     }
     variables = CallVariables.bootstrap(
         revision.context_variables,
@@ -123,7 +196,9 @@ async def start_call(
         seeds=admission.seeds,
         system=system_values,
     )
-    session: AgentSession = AgentSession(**services.session_kwargs(admission.pipeline))
+    built = services.session_kwargs(admission.pipeline)
+    resources = None if isinstance(built, dict) else built
+    session: AgentSession = AgentSession(**(built if isinstance(built, dict) else built.session_kwargs()))
     call_ref: list[Call] = []
 
     def record_end(reason: str) -> None:
@@ -138,7 +213,7 @@ async def start_call(
     if admission.team is not None:
         team_call = TeamCall(
             team=admission.team,
-            agents=services.catalog.get().agents,
+            agents=catalog.agents,
             system_values=system_values,
             on_end=record_end,
             router_models=router_models,
@@ -162,8 +237,13 @@ async def start_call(
         started_at=datetime.now(UTC),
         job_id=ctx.job.id,
         supervision=supervision,
+        end_user_id=claims.end_user_id,
+        resources=resources,
     )
     call_ref.append(call)
+    memory = await _known_facts(services.store, claims.end_user_id, claims.session_type)
+    if memory:
+        await agent.update_chat_ctx(_with_memory(agent.chat_ctx, memory))
     session.on("close", call._on_close)
     if before_start is not None:
         before_start(session)
@@ -173,6 +253,23 @@ async def start_call(
     else:  # text mode / tests / console: no room IO at all
         await session.start(agent=agent)
     _greet(call)
+    call.limits = CallLimits(session, admission.pipeline, on_end=record_end_and_close(call))
+    call.limits.start()
+    if services.store is not None:
+        # The door usually created the row already; LiveKit's dispatch API or the console did not.
+        call._spawn(
+            services.store.mark_started(
+                claims.session_id,
+                session_type=claims.session_type,
+                revision_id=None if admission.team else revision.id,
+                agent_id=None if admission.team else admission.agent.id,
+                team_id=admission.team.id if admission.team else None,
+                end_user_id=claims.end_user_id,
+                context_variables=admission.seeds or None,
+                started_at=call.started_at,
+            ),
+            "mark-started",
+        )
     log.info(
         "call started: %s %s (%s) session_type=%s in %.1f ms",
         "team" if admission.team else "agent",
@@ -198,3 +295,41 @@ def _greet(call: Call) -> None:
     else:
         instructions = render(first.instructions, values) if first.instructions else DEFAULT_DYNAMIC_GREETING
         call.session.generate_reply(instructions=instructions, allow_interruptions=first.interruptible)
+
+
+def record_end_and_close(call: Call) -> Callable[[str], None]:
+    """What CallLimits calls: the platform reason first, then the session ends (after any closing words)."""
+
+    def on_end(reason: str) -> None:
+        call.record_end(reason)
+        call.session.shutdown(drain=True)
+
+    return on_end
+
+
+async def _known_facts(store: SessionStore | None, end_user_id: str | None, session_type: str) -> list[str]:
+    # Test sessions leave memory untouched, and they do not read it either: a test call behaves like a first call.
+    if store is None or not end_user_id or session_type == "test":
+        return []
+    try:
+        return await asyncio.wait_for(store.facts_for(end_user_id), MEMORY_LOOKUP_TIMEOUT_S)
+    except Exception as exc:  # a memory outage must not stop the call
+        log.warning("memory lookup for the caller failed (%s); the call starts without memory", type(exc).__name__)
+        return []
+
+
+def _with_memory(chat_ctx: llm.ChatContext, facts: list[str]) -> llm.ChatContext:
+    updated = chat_ctx.copy()
+    updated.add_message(
+        role="system",
+        content="What we know about this caller from earlier calls (use it naturally, do not recite it):\n"
+        + "\n".join(f"- {fact}" for fact in facts),
+    )
+    return updated
+
+
+def _usage(session: AgentSession) -> dict[str, Any]:
+    try:
+        return {"model_usage": [u.model_dump(mode="json") for u in session.usage.model_usage]}
+    except Exception:  # usage shapes vary by provider; the record must not fail for it
+        return {}

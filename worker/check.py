@@ -6,7 +6,7 @@ from pathlib import Path
 
 from catalog.loader import Catalog, CatalogProblem, load_catalog
 from pipelines.validate import pipeline_problems
-from procedures.validate import first_speaking_problems, revision_template_problems
+from procedures.validate import first_speaking_problems, revision_problems, team_problems
 from worker.settings import Settings
 
 
@@ -19,7 +19,7 @@ def catalog_problems(catalog: Catalog, settings: Settings) -> list[CatalogProble
         revision = agent.active_revision
         for p in pipeline_problems(revision.pipeline, settings, where=f"{prefix}.pipeline"):
             problems.append(CatalogProblem(source, p.field, p.reason))
-        for t in revision_template_problems(revision, prefix):
+        for t in revision_problems(revision, prefix):
             problems.append(CatalogProblem(source, t.field, t.reason))
     for team_id, team in catalog.teams.items():
         source = catalog.sources[team_id]
@@ -28,7 +28,7 @@ def catalog_problems(catalog: Catalog, settings: Settings) -> list[CatalogProble
         # A team greets with its initial member, so its greeting may use that member's variables.
         initial = catalog.agents[team.initial_member.assistant_id].active_revision
         declared = frozenset(v.name for v in initial.context_variables)
-        for t in first_speaking_problems(team.pipeline, declared, "pipeline"):
+        for t in [*first_speaking_problems(team.pipeline, declared, "pipeline"), *team_problems(team, catalog.agents)]:
             problems.append(CatalogProblem(source, t.field, t.reason))
     return problems
 

@@ -22,10 +22,11 @@ from worker.settings import Settings
 
 
 def text_session_kwargs(settings: Settings):  # noqa: ANN201 - a SessionFactory
-    from pipelines.builder import build_pipeline
+    """Only the model chain: a text conversation needs no STT/TTS (nor their keys)."""
+    from pipelines.builder import build_llm, session_connect_options
 
     def factory(config):  # noqa: ANN001, ANN202
-        return {"llm": build_pipeline(config, settings, vad=None).llm}
+        return {"llm": build_llm(config, settings), "conn_options": session_connect_options(config)}
 
     return factory
 
@@ -51,7 +52,10 @@ async def run_console(
         issuer=settings.dispatch_issuer,
     )
     services = services or CallServices(
-        settings=settings, catalog=CatalogStore(settings.catalog_path), session_kwargs=text_session_kwargs(settings)
+        settings=settings,
+        catalog=CatalogStore(settings.catalog_path),
+        session_kwargs=text_session_kwargs(settings),
+        text_only=True,
     )
     with fake_job_context(job_metadata=metadata, job_id=f"console-{uuid.uuid4().hex[:8]}"):
 
@@ -74,7 +78,7 @@ async def run_console(
             if not line:
                 break
             await call.session.run(user_input=line)
-        await call.session.aclose()
+        await call.finish(reason="user_requested")
     return 0
 
 

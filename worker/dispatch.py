@@ -76,6 +76,8 @@ class DispatchClaims(BaseModel):
     agent_id: uuid.UUID | None = None
     team_id: uuid.UUID | None = None
     context_variables: dict[str, Any] = Field(default_factory=dict)
+    # The platform's end-user id when the caller is known (live calls); keys memory. Not a secret.
+    end_user_id: str | None = Field(None, min_length=1, max_length=200)
 
     @model_validator(mode="after")
     def _exactly_one_target(self) -> DispatchClaims:
@@ -105,6 +107,7 @@ class DispatchRequest:
     agent_id: uuid.UUID | None = None
     team_id: uuid.UUID | None = None
     context_variables: dict[str, Any] | None = None
+    end_user_id: str | None = None
 
 
 def mint_dispatch_metadata(
@@ -129,6 +132,7 @@ def mint_dispatch_metadata(
         agent_id=request.agent_id,
         team_id=request.team_id,
         context_variables=dict(request.context_variables or {}),
+        end_user_id=request.end_user_id,
     )
     payload = claims.model_dump(mode="json", exclude_none=True)
     token = jwt.encode(payload, secret, algorithm=_ALGORITHM)

@@ -7,14 +7,18 @@ this module in every child. `create_server()` is called by the composition root 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from livekit.agents import AgentServer, JobContext, JobProcess, JobRequest
 
 from catalog.loader import CatalogStore
 from worker.admission import admit
-from worker.call import CallServices, start_call
+from worker.call import start_call
 from worker.dispatch import DispatchRejected, verify_dispatch_metadata
 from worker.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from worker.services import ProcessServices
 
 log = logging.getLogger("voice_worker.server")
 
@@ -66,23 +70,14 @@ class DispatchGate:
 
 
 def setup_process(proc: JobProcess) -> None:
-    """Once per job process: load the VAD model and the catalog, so a call starts without loading either."""
-    from pipelines.builder import build_pipeline
-    from pipelines.vad import SharedVAD
+    """Once per job process: load the VAD model, the catalog and the store, so no call waits for them."""
+    from worker.services import build_process_services
 
-    settings = get_settings()
-    shared_vad = SharedVAD.load()
-    catalog = CatalogStore(settings.catalog_path)
-    catalog.get()
-
-    def session_kwargs(config):  # noqa: ANN001, ANN202 - signature fixed by CallServices.session_kwargs
-        return build_pipeline(config, settings, vad=shared_vad).session_kwargs()
-
-    proc.userdata["services"] = CallServices(settings=settings, catalog=catalog, session_kwargs=session_kwargs)
+    proc.userdata["services"] = build_process_services(get_settings())
 
 
 async def entrypoint(ctx: JobContext) -> None:
-    services: CallServices = ctx.proc.userdata["services"]
+    services: ProcessServices = ctx.proc.userdata["services"]
     try:
         call = await start_call(ctx, services, room=ctx.room)
     except DispatchRejected as exc:
@@ -90,7 +85,19 @@ async def entrypoint(ctx: JobContext) -> None:
         log.error("job %s refused at start: %s: %s", ctx.job.id, exc.reason, exc.detail)
         ctx.shutdown(reason=f"refused: {exc.reason}")
         return
+
+    async def after_call() -> None:
+        # Runs on every way a job ends (caller left, end_call, termination, drain): the caller is gone by
+        # now, so recording and post-processing cost them nothing. Bounded per step; never raises.
+        await call.finish()
+        if services.postcall is not None:
+            await services.postcall.process(call.outcome())
+        if services.delivery is not None:
+            await services.delivery.drain_once()
+
+    ctx.add_shutdown_callback(after_call)
     await call.wait_closed()
+    ctx.shutdown(reason=call.end_reason or "session closed")
 
 
 def create_server(settings: Settings, *, gate: DispatchGate | None = None, **server_options) -> AgentServer:  # noqa: ANN003
@@ -103,6 +110,8 @@ def create_server(settings: Settings, *, gate: DispatchGate | None = None, **ser
         host=settings.health_host,
         port=settings.health_port,
         setup_fnc=setup_process,
+        # Shutdown callbacks run post-call processing (up to three bounded steps: summary, memory, delivery).
+        shutdown_process_timeout=3 * settings.postcall_step_timeout_s + 10,
         # Keep retrying: a worker that gives up while LiveKit restarts is a worker an operator must restart.
         max_retry=2**31,
         **server_options,
