@@ -32,18 +32,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
+import json
+import math
+import os
 import re
-import statistics
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from livekit import rtc
 from livekit.agents import AgentSession, JobContext, llm, tts
+from livekit.agents.vad import VADEventType
 from livekit.agents.testing import fake_job_context
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.voice.events import ConversationItemAddedEvent, UserStateChangedEvent
@@ -52,12 +57,12 @@ from livekit.plugins import silero
 
 from catalog.loader import CatalogStore
 from catalog.pipeline_config import VoicePipelineConfig
-from pipelines.builder import build_pipeline
-from pipelines.vad import SharedVAD
+from pipelines.builder import BuiltPipeline, build_pipeline
+from pipelines.vad import SharedVAD, silero_options
 from tests.doubles.audio_io import CapturingAudioOutput, ScriptedAudioInput
 from tests.doubles.fake_llm import FakeLLM, Reply
 from tests.doubles.fake_speech import FakeSTT, FakeTTS
-from tests.doubles.wav_fixtures import Clip, espeak_available, synthesize_speech
+from tests.doubles.wav_fixtures import Clip, synthesize_speech
 from worker.call import Call, CallServices, start_call
 from worker.dispatch import DispatchRequest, mint_dispatch_metadata
 from worker.settings import EXAMPLE_CATALOG, Settings
@@ -76,7 +81,6 @@ __all__ = [
     "default_script",
     "percentile",
     "run_call",
-    "run_calls",
 ]
 
 SALES = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a02")
@@ -273,18 +277,98 @@ class _FakeSynthesizeStream(tts.SynthesizeStream):
         output_emitter.end_segment()
 
 
+# -- the caller and what the VAD must wait for ------------------------------------------------------------
+
+FRAME_SAMPLES = 160  # the caller's 10 ms frames at 16 kHz
+VAD_WINDOW = 512  # Silero's inference window at 16 kHz
+VAD_LEAD_S = 1.0
+VAD_TAIL_S = 1.5
+
+
+class _Caller(ScriptedAudioInput):
+    """The scripted caller, also counting the frames it has delivered: an utterance queued while the line is
+    idle starts at the next frame, so its first sample's index in the stream the VAD sees is known."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames_delivered = 0
+
+    async def __anext__(self) -> Any:
+        frame = await super().__anext__()
+        self.frames_delivered += 1
+        return frame
+
+    def speak(self, clip: Clip) -> int:
+        """Queue `clip` (the line must be idle); returns the stream index of its first sample."""
+        start = self.frames_delivered * FRAME_SAMPLES
+        self.enqueue(clip)
+        return start
+
+
+VAD_PERIOD = math.lcm(FRAME_SAMPLES, VAD_WINDOW)  # frames and windows line up again every 160 ms
+
+
+async def vad_waits(vad: Any, clip: Clip) -> dict[int, float]:
+    """For each alignment of `clip` with the 10 ms frames and Silero's 512-sample windows (its first sample's
+    stream index modulo `VAD_PERIOD`; 16 of them): how long after the clip's last sample the VAD reports the
+    end of speech, in seconds of audio. This is the endpointing wait that the audio and the VAD's options
+    alone decide (minimum silence plus the time Silero's smoothed speech probability takes to fall), free of
+    any processing delay."""
+    rate = clip.sample_rate
+
+    async def one(phase: int) -> tuple[int, float | None]:
+        lead = -(-round(VAD_LEAD_S * rate) // VAD_PERIOD) * VAD_PERIOD + phase
+        pcm = np.concatenate([np.zeros(lead, np.int16), clip.pcm, np.zeros(round(VAD_TAIL_S * rate), np.int16)])
+        pcm = np.concatenate([pcm, np.zeros(-len(pcm) % FRAME_SAMPLES, np.int16)])
+        stream = vad.stream()
+        for offset in range(0, len(pcm), FRAME_SAMPLES):
+            stream.push_frame(
+                rtc.AudioFrame(
+                    data=pcm[offset : offset + FRAME_SAMPLES].tobytes(),
+                    sample_rate=rate,
+                    num_channels=1,
+                    samples_per_channel=FRAME_SAMPLES,
+                )
+            )
+        stream.end_input()
+        ends = [ev async for ev in stream if ev.type == VADEventType.END_OF_SPEECH]
+        await stream.aclose()
+        if not ends:
+            return phase, None
+        # the event comes with the frame that completes its window
+        detected = -(-ends[-1].samples_index // FRAME_SAMPLES) * FRAME_SAMPLES
+        return phase, (detected - lead - len(clip.pcm)) / rate
+
+    results = await asyncio.gather(*(one(phase) for phase in range(0, VAD_PERIOD, FRAME_SAMPLES)))
+    return {phase: wait for phase, wait in results if wait is not None}
+
+
 # -- records -----------------------------------------------------------------------------------------------
 
 
 @dataclass
 class TurnRecord:
-    """One caller turn. Times are `time.time()` seconds; durations are milliseconds."""
+    """One caller turn. Times are `time.time()` seconds; durations are milliseconds.
+
+    The turn's end-of-speech -> first agent audio (`total_ms`) is split into
+    - `endpointing_ms`: what the VAD has to wait for this audio with these options (its minimum silence plus
+      the time Silero's speech probability takes to fall), computed offline on the same samples at the same
+      window alignment (`vad_waits`), so it is free of any processing delay;
+    - `provider_ms`: the doubles' configured latencies (STT + LLM time to first token + TTS time to first
+      byte);
+    - `overhead_ms`: the rest: what the worker, livekit-agents and the machine's load add.
+    `vad_detected_ms` is when the live session's VAD actually reported the end of speech, and `stt_ms`,
+    `llm_ttft_ms`, `tts_ttfb_ms` what the doubles measured on this turn's critical path (diagnostics)."""
 
     index: int
     says: str
     speech_ended_at: float
+    vad_phase: int = 0
     first_audio_at: float | None = None
-    vad_end_at: float | None = None
+    endpointing_ms: float | None = None
+    provider_ms: float = 0.0
+    configured_endpointing_ms: float = 0.0
+    vad_detected_ms: float | None = None
     stt_ms: float | None = None
     llm_ttft_ms: float | None = None
     tts_ttfb_ms: float | None = None
@@ -301,28 +385,23 @@ class TurnRecord:
         return None if self.first_audio_at is None else (self.first_audio_at - self.speech_ended_at) * 1000
 
     @property
-    def endpointing_ms(self) -> float | None:
-        return None if self.vad_end_at is None else (self.vad_end_at - self.speech_ended_at) * 1000
-
-    @property
-    def provider_ms(self) -> float | None:
-        parts = (self.stt_ms, self.llm_ttft_ms, self.tts_ttfb_ms)
-        return None if any(p is None for p in parts) else sum(parts)  # type: ignore[arg-type]
-
-    @property
     def overhead_ms(self) -> float | None:
-        total, wait, provider = self.total_ms, self.endpointing_ms, self.provider_ms
-        if total is None or wait is None or provider is None:
-            return None
-        return total - wait - provider
+        total, wait = self.total_ms, self.endpointing_ms
+        return None if total is None or wait is None else total - wait - self.provider_ms
+
+    @property
+    def overhead_nominal_ms(self) -> float | None:
+        """The stock baseline's formula: first audio - end of speech - (configured endpointing delay + STT +
+        TTFT + TTFB); unlike `overhead_ms` it also counts Silero's lag in letting go of the speech."""
+        total = self.total_ms
+        return None if total is None else total - self.configured_endpointing_ms - self.provider_ms
 
     def as_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),
             "total_ms": self.total_ms,
-            "endpointing_ms": self.endpointing_ms,
-            "provider_ms": self.provider_ms,
             "overhead_ms": self.overhead_ms,
+            "overhead_nominal_ms": self.overhead_nominal_ms,
         }
 
 
@@ -330,18 +409,17 @@ class TurnRecord:
 class CallRecord:
     label: str
     agent_id: str
-    dispatched_at: float
     entered_at: float
+    """`start_call` is entered (the job's entrypoint has the dispatch)."""
+    tts_ttfb_ms: float = 0.0
     started_at: float | None = None
     """`start_call` returned (session started, greeting scheduled)."""
     greeting_first_frame_at: float | None = None
-    greeting_tts_ttfb_ms: float | None = None
-    nominal_budget_ms: float = 0.0
-    """Endpointing delay + STT + LLM TTFT + TTS TTFB, as configured: what a turn costs with zero overhead."""
     turns: list[TurnRecord] = field(default_factory=list)
     transcript: list[tuple[str, str]] = field(default_factory=list)
     """(role, text) of the session's history, in order, greeting first."""
     segments: list[dict[str, Any]] = field(default_factory=list)
+    ended_at: float | None = None
     end_reason: str | None = None
     error: str | None = None
 
@@ -350,38 +428,13 @@ class CallRecord:
         """Entrypoint entered -> first greeting frame, minus the TTS double's configured latency."""
         if self.greeting_first_frame_at is None:
             return None
-        return (self.greeting_first_frame_at - self.entered_at) * 1000 - self._tts_nominal_ms
-
-    @property
-    def dispatch_to_greeting_ms(self) -> float | None:
-        if self.greeting_first_frame_at is None:
-            return None
-        return (self.greeting_first_frame_at - self.dispatched_at) * 1000
-
-    _tts_nominal_ms: float = 0.0
-
-    def overhead_nominal_ms(self, turn: TurnRecord) -> float | None:
-        total = turn.total_ms
-        return None if total is None else total - self.nominal_budget_ms
+        return (self.greeting_first_frame_at - self.entered_at) * 1000 - self.tts_ttfb_ms
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "label": self.label,
-            "agent_id": self.agent_id,
-            "dispatched_at": self.dispatched_at,
-            "entered_at": self.entered_at,
-            "started_at": self.started_at,
-            "greeting_first_frame_at": self.greeting_first_frame_at,
+            **{k: v for k, v in asdict(self).items() if k != "turns"},
             "call_start_ms": self.call_start_ms,
-            "dispatch_to_greeting_ms": self.dispatch_to_greeting_ms,
-            "nominal_budget_ms": self.nominal_budget_ms,
-            "turns": [
-                {**t.as_dict(), "overhead_nominal_ms": self.overhead_nominal_ms(t)} for t in self.turns
-            ],
-            "transcript": [list(x) for x in self.transcript],
-            "segments": self.segments,
-            "end_reason": self.end_reason,
-            "error": self.error,
+            "turns": [t.as_dict() for t in self.turns],
         }
 
 
@@ -389,8 +442,9 @@ class CallRecord:
 
 
 class Environment:
-    """What one process holds for all its simulated calls: settings, the file catalog, the VAD model and the
-    caller's speech. `Environment.create()` is the simulator's `setup_process`."""
+    """What one process holds for all its simulated calls: settings, the file catalog, the VAD model, the
+    caller's speech and what the VAD must wait for at the end of each utterance. `Environment.create()` plus
+    `prepare()` is the simulator's `setup_process`."""
 
     def __init__(self, settings: Settings, catalog: CatalogStore, vad: SharedVAD, speech_cache: Path) -> None:
         self.settings = settings
@@ -399,6 +453,7 @@ class Environment:
         self.speech_cache = speech_cache
         self._clips: dict[str, Clip] = {}
         self._stock_vad: silero.VAD | None = None
+        self._vad_waits: dict[tuple[str, Any], dict[int, float]] = {}
 
     @classmethod
     def create(
@@ -422,15 +477,54 @@ class Environment:
             self._stock_vad = silero.VAD.load()
         return self._stock_vad
 
+    def pipeline_for(self, script: CallScript) -> VoicePipelineConfig:
+        """The pipeline config admission picks for the script's dispatch (a team's, else the agent's)."""
+        catalog = self.catalog.get()
+        if script.team_id is not None:
+            return catalog.teams[script.team_id].pipeline
+        assert script.agent_id is not None
+        return catalog.agents[script.agent_id].active_revision.pipeline
+
+    def call_vad(self, tuning: Tuning, config: VoicePipelineConfig) -> tuple[Any, silero.VAD]:
+        """The VAD a call runs with, and a key for its options."""
+        if tuning.stock:
+            return f"stock {self.stock_vad._opts!r}", self.stock_vad
+        return silero_options(config), self.vad.for_pipeline(config)
+
     def clip(self, text: str) -> Clip:
         if text not in self._clips:
             self._clips[text] = synthesize_speech(text, cache_dir=self.speech_cache)
         return self._clips[text]
 
-    def prepare(self, script: CallScript) -> None:
-        """Synthesise the script's speech now, so no call waits for espeak-ng."""
+    async def vad_waits(self, text: str, tuning: Tuning, config: VoicePipelineConfig) -> dict[int, float]:
+        """`vad_waits` for this utterance and the call's VAD, cached beside the speech: they depend only on
+        the samples and the options, and every job process of a density run would otherwise redo them."""
+        key, vad = self.call_vad(tuning, config)
+        if (text, key) in self._vad_waits:
+            return self._vad_waits[(text, key)]
+        clip = self.clip(text)
+        digest = hashlib.sha256(clip.pcm.tobytes() + f"{key!r} silero {silero.__version__}".encode()).hexdigest()[:24]
+        cached = self.speech_cache / f"vad-waits-{digest}.json"
+        try:
+            waits = {int(k): float(v) for k, v in json.loads(cached.read_text()).items()}
+        except (OSError, ValueError):
+            waits = await vad_waits(vad, clip)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(json.dumps(waits))
+            partial.replace(cached)  # atomic: concurrent job processes never read half a file
+        self._vad_waits[(text, key)] = waits
+        return waits
+
+    async def aprepare(self, script: CallScript, tuning: Tuning = Tuning()) -> None:
+        """Synthesise the script's speech and work out the VAD's waits now, so no call waits for either."""
+        config = self.pipeline_for(script)
         for turn in script.turns:
-            self.clip(turn.says)
+            await self.vad_waits(turn.says, tuning, config)
+
+    def prepare(self, script: CallScript, tuning: Tuning = Tuning()) -> None:
+        """`aprepare` for a setup function, which livekit calls without a running event loop."""
+        asyncio.run(self.aprepare(script, tuning))
 
     def metadata(self, script: CallScript) -> str:
         return mint_dispatch_metadata(
@@ -449,8 +543,12 @@ class Environment:
 # -- one call ----------------------------------------------------------------------------------------------
 
 
-def _is_router_request(tools: list[llm.Tool]) -> bool:
-    return len(tools) == 1 and getattr(tools[0], "id", "").startswith(ROUTER_TOOL_PREFIX)
+def _is_router_request(tools: Sequence[Any]) -> bool:
+    """A request offering exactly one `choose_*` tool is the constrained router's (tools or their names)."""
+    if len(tools) != 1:
+        return False
+    name = tools[0] if isinstance(tools[0], str) else getattr(tools[0], "id", "")
+    return str(name).startswith(ROUTER_TOOL_PREFIX)
 
 
 def _router_choice(tool: llm.Tool) -> str:
@@ -461,14 +559,18 @@ def _router_choice(tool: llm.Tool) -> str:
     return str(enum[0])
 
 
+def normalize(text: str) -> str:
+    return " ".join(re.sub(r"[^\w']+", " ", text.lower()).split())
+
+
 class _Doubles:
     """One call's providers and audio, and the session events the records are made from."""
 
     def __init__(self, env: Environment, script: CallScript, latencies: Latencies, tuning: Tuning) -> None:
-        self.script = script
+        self.env = env
         self.latencies = latencies
         self.tuning = tuning
-        self.caller = ScriptedAudioInput()
+        self.caller = _Caller()
         self.speaker = CapturingAudioOutput()
         self.stt = FakeSTT(self._transcript, latency_s=latencies.stt_s)
         self.llm = FakeLLM(
@@ -480,12 +582,12 @@ class _Doubles:
             else FakeTTS(ttfb_s=latencies.tts_ttfb_s)
         )
         self.replies = {normalize(t.says): t.reply for t in script.turns}
-        self.vad_ends: list[float] = []
-        self.env = env
+        self.vad_detections: list[float] = []
         self.pipeline: VoicePipelineConfig | None = None
+        self.built: BuiltPipeline | None = None
 
     def _transcript(self, _audio: Any) -> str:
-        # the utterance the caller is in (or just finished): robust to the VAD's segmentation
+        # the utterance the caller is in (or just finished): robust to how the VAD segments it
         started = [m for m in self.caller.speech if m.started_at is not None]
         return started[-1].text if started else ""
 
@@ -502,6 +604,7 @@ class _Doubles:
         return Reply(text="Hello, how can I help?")
 
     def session_kwargs(self, config: VoicePipelineConfig) -> dict[str, Any]:
+        """`CallServices.session_kwargs`: the call's real pipeline (or stock livekit's), doubles for providers."""
         self.pipeline = config
         if self.tuning.stock:
             kwargs: dict[str, Any] = {
@@ -511,10 +614,10 @@ class _Doubles:
                 ),
             }
         else:
-            built = build_pipeline(config, self.env.settings, vad=self.env.vad)
-            kwargs = built.session_kwargs()
-            # the real provider objects are never used: close their clients now
-            self._built = built
+            # built as the worker builds it (provider clients included, so their cost counts), then the
+            # providers are swapped for the doubles; the built ones are closed with the call
+            self.built = build_pipeline(config, self.env.settings, vad=self.env.vad)
+            kwargs = self.built.session_kwargs()
         kwargs.update(stt=self.stt, llm=self.llm, tts=self.tts, session_close_transcript_timeout=0.1)
         if self.tuning.text_transforms == "none":
             kwargs["tts_text_transforms"] = None
@@ -523,18 +626,16 @@ class _Doubles:
         return kwargs
 
     def attach(self, session: AgentSession) -> None:
+        """`start_call`'s `before_start`: the room's audio replaced by the caller and the loudspeaker."""
         session.input.audio = self.caller
         session.output.audio = self.speaker
 
         def on_user_state(event: UserStateChangedEvent) -> None:
+            # emitted as the VAD reports the end of speech (the event's own `created_at` is back-dated)
             if event.old_state == "speaking" and event.new_state != "speaking":
-                self.vad_ends.append(event.created_at)
+                self.vad_detections.append(time.time())
 
         session.on("user_state_changed", on_user_state)
-
-
-def normalize(text: str) -> str:
-    return " ".join(re.sub(r"[^\w']+", " ", text.lower()).split())
 
 
 async def _wait(predicate: Callable[[], bool], what: str, timeout: float = STEP_TIMEOUT_S) -> None:
@@ -552,46 +653,34 @@ async def run_call(
     latencies: Latencies = Latencies(),
     tuning: Tuning = Tuning(),
     ctx: JobContext | None = None,
-    dispatched_at: float | None = None,
 ) -> CallRecord:
-    """One call through `start_call`. Without `ctx` it runs in a fake job context of its own (in-process);
-    a job process passes its real `JobContext` (whose metadata must be a grant from `env.metadata`)."""
+    """One call through `worker.call.start_call`. Without `ctx` it runs in a fake job context of its own
+    (in-process); a job process passes its `JobContext`, whose metadata must be a grant from `env.metadata`.
+    A call that fails or stalls returns a record with `error` set."""
     if ctx is None:
         with fake_job_context(job_metadata=env.metadata(script), job_id=f"sim-{uuid.uuid4().hex[:12]}") as own:
-            return await _run_call(env, script, latencies, tuning, own, dispatched_at)
-    return await _run_call(env, script, latencies, tuning, ctx, dispatched_at)
+            return await _run_call(env, script, latencies, tuning, own)
+    return await _run_call(env, script, latencies, tuning, ctx)
 
 
 async def _run_call(
-    env: Environment,
-    script: CallScript,
-    latencies: Latencies,
-    tuning: Tuning,
-    ctx: JobContext,
-    dispatched_at: float | None,
+    env: Environment, script: CallScript, latencies: Latencies, tuning: Tuning, ctx: JobContext
 ) -> CallRecord:
     doubles = _Doubles(env, script, latencies, tuning)
     services = CallServices(settings=env.settings, catalog=env.catalog, session_kwargs=doubles.session_kwargs)
-    entered = time.time()
     record = CallRecord(
         label=tuning.label,
         agent_id=str(script.agent_id or script.team_id),
-        dispatched_at=dispatched_at or entered,
-        entered_at=entered,
+        entered_at=time.time(),
+        tts_ttfb_ms=latencies.tts_ttfb_s * 1000,
     )
-    record._tts_nominal_ms = latencies.tts_ttfb_s * 1000
     call: Call | None = None
     try:
         call = await start_call(ctx, services, room=None, before_start=doubles.attach)
         record.started_at = time.time()
-        assert doubles.pipeline is not None
-        record.nominal_budget_ms = (
-            doubles.pipeline.endpointing_min_delay_ms
-            + (latencies.stt_s + latencies.llm_ttft_s + latencies.tts_ttfb_s) * 1000
-        )
-        await _converse(doubles, script, record)
+        await _converse(env, doubles, script, record)
         record.end_reason = "completed"
-    except Exception as exc:  # noqa: BLE001 - a failed call is a result (the benchmark counts it), not a crash
+    except Exception as exc:  # noqa: BLE001 - a failed call is a result the benchmark counts, not a crash
         record.error = f"{type(exc).__name__}: {exc}"
     finally:
         doubles.caller.close()
@@ -599,14 +688,16 @@ async def _run_call(
             with contextlib.suppress(Exception):
                 await call.session.aclose()
             record.transcript = [
-                (m.role, m.text_content or "") for m in call.session.history.messages() if m.role in ("user", "assistant")
+                (m.role, m.text_content or "")
+                for m in call.session.history.messages()
+                if m.role in ("user", "assistant")
             ]
         with contextlib.suppress(Exception):
             await doubles.speaker.aclose()
-        built = getattr(doubles, "_built", None)
-        if built is not None:
-            await built.aclose()
-    _fill_provider_times(doubles, record)
+        if doubles.built is not None:
+            await doubles.built.aclose()
+    record.ended_at = time.time()
+    _fill_measured(doubles, record)
     record.segments = [
         {
             "first_frame_at": s.first_frame_at,
@@ -620,129 +711,128 @@ async def _run_call(
     return record
 
 
-async def _converse(doubles: _Doubles, script: CallScript, record: CallRecord) -> None:
-    caller, speaker = doubles.caller, doubles.speaker
-    assert doubles.pipeline is not None
-    if doubles.pipeline.first_speaking.first_speaker == "agent":
+async def _converse(env: Environment, doubles: _Doubles, script: CallScript, record: CallRecord) -> None:
+    caller, speaker, latencies = doubles.caller, doubles.speaker, doubles.latencies
+    config = doubles.pipeline
+    assert config is not None
+    if config.first_speaking.first_speaker == "agent":
         greeting = await speaker.wait_for_segment(0, timeout=STEP_TIMEOUT_S)
         record.greeting_first_frame_at = greeting.first_frame_at
     for index, turn in enumerate(script.turns):
         heard = len(speaker.segments)
-        if heard:
-            if turn.barge_in:
-                await asyncio.sleep(script.barge_in_after_s)
-            else:
-                await speaker.wait_for_playout_of(heard - 1, timeout=STEP_TIMEOUT_S)
-                await asyncio.sleep(script.think_s)
+        if heard and turn.barge_in:
+            await asyncio.sleep(script.barge_in_after_s)
+        elif heard:
+            await speaker.wait_for_playout_of(heard - 1, timeout=STEP_TIMEOUT_S)
+            await asyncio.sleep(script.think_s)
         else:
             await asyncio.sleep(script.lead_in_s)
-        caller.enqueue(doubles.env.clip(turn.says))
+        waits = await env.vad_waits(turn.says, doubles.tuning, config)
+        await caller.wait_idle(timeout=STEP_TIMEOUT_S)
+        phase = caller.speak(env.clip(turn.says)) % VAD_PERIOD
         mark = await caller.wait_for_speech_end(index, timeout=STEP_TIMEOUT_S)
         assert mark.ended_at is not None
-        turn_record = TurnRecord(index=index, says=turn.says, speech_ended_at=mark.ended_at)
-        record.turns.append(turn_record)
-        # the reply is the first segment that starts after the caller's words
-        await _wait(
-            lambda: any(s.first_frame_at > mark.ended_at for s in speaker.segments[heard:]),  # type: ignore[operator]
-            f"no reply to turn {index}",
+        ended = mark.ended_at
+        turn_record = TurnRecord(
+            index=index,
+            says=turn.says,
+            speech_ended_at=ended,
+            vad_phase=phase,
+            endpointing_ms=waits[phase] * 1000 if phase in waits else None,
+            provider_ms=(latencies.stt_s + latencies.llm_ttft_s + latencies.tts_ttfb_s) * 1000,
+            configured_endpointing_ms=config.endpointing_min_delay_ms,
         )
-        reply = next(s for s in speaker.segments[heard:] if s.first_frame_at > mark.ended_at)  # type: ignore[operator]
+        record.turns.append(turn_record)
+        # the reply is the first segment that starts after the caller's last word
+        await _wait(lambda: any(s.first_frame_at > ended for s in speaker.segments[heard:]), f"no reply to turn {index}")
+        reply = next(s for s in speaker.segments[heard:] if s.first_frame_at > ended)
         turn_record.first_audio_at = reply.first_frame_at
         if heard and turn.barge_in:
             previous = speaker.segments[heard - 1]
-            await _wait(lambda: previous.finished_at is not None, "interrupted reply never finished")
+            await _wait(lambda: previous.finished_at is not None, "the interrupted reply never stopped")
             turn_record.interrupted_reply = previous.interrupted
-    if speaker.segments:
+    if script.turns and speaker.segments:
+        # the last reply enters the history only once it has played out
         await speaker.wait_for_playout_of(len(speaker.segments) - 1, timeout=STEP_TIMEOUT_S)
 
 
-def _latest(items: Sequence[Any], key: Callable[[Any], float | None], before: float) -> Any | None:
-    eligible = [i for i in items if (k := key(i)) is not None and k <= before]
-    return max(eligible, key=key, default=None)
+def _latest(items: Sequence[Any], key: Callable[[Any], float | None], after: float, before: float) -> Any | None:
+    eligible = [i for i in items if (k := key(i)) is not None and after <= k <= before]
+    return max(eligible, key=key, default=None)  # type: ignore[arg-type,return-value]
 
 
-def _fill_provider_times(doubles: _Doubles, record: CallRecord) -> None:
-    """What the doubles measured on each turn's critical path: the last STT answer, the last reply stream's
-    first token and the last TTS first byte before the turn's first audio."""
-    if doubles.tts.requests and record.greeting_first_frame_at is not None:
-        first = doubles.tts.requests[0]
-        start = getattr(first, "first_text_at", None) or getattr(first, "requested_at", None)
-        if first.first_byte_at is not None and start is not None:
-            record.greeting_tts_ttfb_ms = (first.first_byte_at - start) * 1000
+def _fill_measured(doubles: _Doubles, record: CallRecord) -> None:
+    """What the doubles measured on each turn's critical path: the last STT answer, reply stream's first
+    token and TTS first byte before the turn's first audio."""
+    replies = [c for c in doubles.llm.calls if not _is_router_request(c.tool_names)]
+    routers = [c for c in doubles.llm.calls if _is_router_request(c.tool_names)]
     for turn in record.turns:
         if turn.first_audio_at is None:
             continue
-        audio_at = turn.first_audio_at
-        turn.vad_end_at = next((t for t in doubles.vad_ends if t >= turn.speech_ended_at), None)
-        stt = _latest(doubles.stt.requests, lambda r: r.responded_at, audio_at)
-        if stt is not None and stt.responded_at >= turn.speech_ended_at:
+        ended, audio_at = turn.speech_ended_at, turn.first_audio_at
+        detected = next((t for t in doubles.vad_detections if t >= ended), None)
+        if detected is not None:
+            turn.vad_detected_ms = (detected - ended) * 1000
+        if (stt := _latest(doubles.stt.requests, lambda r: r.responded_at, ended, audio_at)) is not None:
             turn.stt_ms = (stt.responded_at - stt.requested_at) * 1000
-        replies = [c for c in doubles.llm.calls if not c.tool_names or not c.tool_names[0].startswith(ROUTER_TOOL_PREFIX)]
-        reply = _latest(replies, lambda c: c.first_chunk_at, audio_at)
-        if reply is not None and reply.first_chunk_at >= turn.speech_ended_at:
+        if (reply := _latest(replies, lambda c: c.first_chunk_at, ended, audio_at)) is not None:
             turn.llm_ttft_ms = (reply.first_chunk_at - reply.started_at) * 1000
-        routers = [
-            c
-            for c in doubles.llm.calls
-            if c.tool_names and c.tool_names[0].startswith(ROUTER_TOOL_PREFIX) and c.started_at >= turn.speech_ended_at
-        ]
-        router = _latest(routers, lambda c: c.first_chunk_at, audio_at)
-        if router is not None:
+        if (router := _latest(routers, lambda c: c.first_chunk_at, ended, audio_at)) is not None:
             turn.router_ms = (router.first_chunk_at - router.started_at) * 1000
-        synth = _latest(doubles.tts.requests, lambda r: r.first_byte_at, audio_at)
-        if synth is not None and synth.first_byte_at >= turn.speech_ended_at:
-            start = getattr(synth, "first_text_at", None) or getattr(synth, "requested_at", None)
-            turn.tts_ttfb_ms = (synth.first_byte_at - start) * 1000
+        if (synth := _latest(doubles.tts.requests, lambda r: r.first_byte_at, ended, audio_at)) is not None:
+            opened = getattr(synth, "first_text_at", None) or getattr(synth, "requested_at", None)
+            turn.tts_ttfb_ms = (synth.first_byte_at - opened) * 1000
 
 
-# -- many calls --------------------------------------------------------------------------------------------
+# -- what-ifs and summaries ----------------------------------------------------------------------------------
 
 
-async def run_calls(
-    env: Environment,
-    script: CallScript,
-    count: int,
-    *,
-    latencies: Latencies = Latencies(),
-    tuning: Tuning = Tuning(),
-    stagger_s: float = 0.0,
-) -> list[CallRecord]:
-    """`count` concurrent calls in this event loop (the in-process executor), started `stagger_s` apart."""
-    env.prepare(script)
+def share_ssl_context() -> None:
+    """What-if for a proposed provider change: one TLS context per process instead of one per client.
 
-    async def one(i: int) -> CallRecord:
-        if stagger_s:
-            await asyncio.sleep(i * stagger_s)
-        return await run_call(env, script, latencies=latencies, tuning=tuning)
+    Every `openai.LLM` the worker builds (so every call, for each model of its chain) makes its own httpx
+    client, whose SSL context loads the CA bundle again: about 34 ms of CPU on the event loop per model per
+    call, the biggest part of a call's start. Building the plugins' clients over one process-wide
+    `ssl.SSLContext` (pipelines/providers.py) removes it; this caches httpx's default context, which has the
+    same effect, so the benchmark can show the difference before that change lands."""
+    import functools
 
-    return list(await asyncio.gather(*(one(i) for i in range(count))))
+    import httpcore2
+    import httpcore2._ssl as ssl_module
+
+    if hasattr(ssl_module.default_ssl_context, "cache_info"):
+        return
+    cached = functools.lru_cache(maxsize=None)(ssl_module.default_ssl_context)
+    ssl_module.default_ssl_context = cached  # type: ignore[assignment]
+    httpcore2.default_ssl_context = cached  # type: ignore[attr-defined]
+
+
+def warm_pipelines(env: Environment) -> None:
+    """What-if for a proposed setup change: build (and close) every catalog pipeline once in the setup
+    function, so the first call of a job process does not pay the first-use imports and caches (anyio,
+    httpcore, truststore: about 80 ms). Synchronous, as livekit's setup function is."""
+    catalog = env.catalog.get()
+    configs = [agent.active_revision.pipeline for agent in catalog.agents.values()]
+    configs += [team.pipeline for team in catalog.teams.values()]
+    built = [build_pipeline(config, env.settings, vad=env.vad) for config in configs]
+
+    async def close() -> None:
+        await asyncio.gather(*(b.aclose() for b in built), return_exceptions=True)
+
+    asyncio.run(close())
 
 
 def freeze_after_setup() -> None:
-    """`gc.freeze()` once the process has imported and loaded everything: the ~150k long-lived objects
-    stop being traversed by every collection (the GC pauses the stock baseline saw past 15 calls)."""
+    """`gc.freeze()` once the process has imported and loaded everything: the long-lived objects stop being
+    traversed by every collection (the GC pauses the stock baseline saw past 15 calls) and, in a forked job
+    process, stop being written to by the collector."""
     gc.collect()
     gc.freeze()
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100), None for no values."""
+def percentile(values: Sequence[float | None], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None without values."""
     data = sorted(v for v in values if v is not None)
     if not data:
         return None
-    if len(data) == 1:
-        return data[0]
-    return float(np.percentile(np.array(data), q, method="nearest" if len(data) < 20 else "linear"))
-
-
-def median(values: Sequence[float]) -> float | None:
-    data = [v for v in values if v is not None]
-    return statistics.median(data) if data else None
-
-
-def with_latencies(latencies: Latencies, **changes: float) -> Latencies:
-    return replace(latencies, **changes)
-
-
-def speech_available() -> bool:
-    return espeak_available()
+    return data[max(math.ceil(q / 100 * len(data)) - 1, 0)]

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -32,6 +33,9 @@ from records.store import SessionStore
 logger = logging.getLogger("voice_worker.outbox")
 
 ATTEMPT_HEADER = "X-Voice-Worker-Delivery-Attempt"
+
+# Told about every delivery attempt: (attempt number for that entry, counting from 1; acknowledged or not).
+AttemptObserver = Callable[[int, bool], None]
 
 
 class OutboxConfigError(ValueError):
@@ -72,6 +76,7 @@ class OutboxDelivery:
         lease_s: float | None = None,
         client: httpx.AsyncClient | None = None,
         rng: random.Random | None = None,
+        on_attempt: AttemptObserver | None = None,
     ) -> None:
         raw_secret = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
         if not url:
@@ -92,6 +97,7 @@ class OutboxDelivery:
         self._client = client or httpx.AsyncClient(timeout=request_timeout_s, follow_redirects=False)
         self._owns_client = client is None
         self._rng = rng or random.Random()
+        self._on_attempt = on_attempt
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -133,7 +139,13 @@ class OutboxDelivery:
         else:
             if 200 <= response.status_code < 300:
                 await self._store.mark_outbox_delivered(item.id, at=self._store.now())
-                logger.info("session %s: webhook delivered (attempt %d)", item.session_id, item.attempts)
+                logger.info(
+                    "session %s: webhook delivered (attempt %d)",
+                    item.session_id,
+                    item.attempts,
+                    extra={"session_id": str(item.session_id)},
+                )
+                self._observe(item.attempts, delivered=True)
                 return True
             error = f"HTTP {response.status_code}"
             retry_after = _retry_after_s(response)
@@ -144,14 +156,24 @@ class OutboxDelivery:
         await self._store.mark_outbox_failed(
             item.id, error=error, next_attempt_at=self._store.now() + timedelta(seconds=delay)
         )
+        self._observe(item.attempts, delivered=False)
         logger.warning(
             "session %s: webhook attempt %d failed (%s); retrying in %.1f s",
             item.session_id,
             item.attempts,
             error,
             delay,
+            extra={"session_id": str(item.session_id)},
         )
         return False
+
+    def _observe(self, attempt: int, *, delivered: bool) -> None:
+        if self._on_attempt is None:
+            return
+        try:
+            self._on_attempt(attempt, delivered)
+        except Exception:  # counting must never stop a delivery
+            logger.exception("outbox attempt observer failed")
 
     async def drain_once(self) -> DrainResult:
         """One attempt at every entry due now (up to the batch size)."""

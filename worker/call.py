@@ -17,7 +17,7 @@ from typing import Any
 
 from livekit import rtc
 from livekit.agents import AgentSession, JobContext, llm
-from livekit.agents.voice.events import CloseEvent, CloseReason
+from livekit.agents.voice.events import CloseEvent, CloseReason, ConversationItemAddedEvent
 
 from catalog.loader import CatalogStore
 from catalog.pipeline_config import VoicePipelineConfig
@@ -31,6 +31,7 @@ from procedures.supervisor import Supervision, Supervisor
 from procedures.team import TeamCall
 from procedures.templates import render
 from procedures.variables import CallVariables
+from worker import logcontext, metrics
 from worker.admission import Admission, admit, llm_only_pipeline_check
 from worker.dispatch import verify_dispatch_metadata
 from worker.settings import Settings
@@ -45,7 +46,10 @@ _CLOSE_REASONS = {
     CloseReason.PARTICIPANT_DISCONNECTED: "participant_left",
     CloseReason.JOB_SHUTDOWN: "server_shutdown",
     CloseReason.ERROR: "agent_error",
-    CloseReason.USER_INITIATED: "agent_initiated",
+    # Our own endings (the end_call tool, call limits, `Call.finish`) record their reason before they close the
+    # session, and the first reason wins. A user-initiated close nobody explained is livekit closing the job's
+    # session at job shutdown (LiveKit ended the job, the drain timed out), before any shutdown callback runs.
+    CloseReason.USER_INITIATED: "server_shutdown",
     CloseReason.TASK_COMPLETED: "pipeline_exit",
 }
 
@@ -88,6 +92,12 @@ class Call:
     limits: CallLimits | None = None
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
+    # set once the call counts as active in the metrics; cleared when its end was counted
+    _counted: bool = False
+
+    def _count_active(self) -> None:
+        metrics.call_started(self.admission.claims.session_type)
+        self._counted = True
 
     def record_end(self, reason: str) -> None:
         """The first reason recorded wins: an agent that ends the call is not later a 'participant_left'."""
@@ -131,6 +141,11 @@ class Call:
         if self.resources is not None:
             await self.resources.aclose()
             self.resources = None
+        if self._counted:
+            self._counted = False
+            metrics.call_ended(
+                self.admission.claims.session_type, self.end_reason or "unknown", self.supervision.decisions
+            )
 
     def outcome(self) -> SessionOutcome:
         """Everything known about the call, for the session record and post-call processing."""
@@ -175,6 +190,8 @@ async def start_call(
     """Bootstrap a call from the job's metadata; raises `DispatchRejected` for a dispatch it cannot serve."""
     entered = time.perf_counter()
     settings = services.settings
+    # from here on every log record of this task and of the tasks it creates carries the call's ids
+    logcontext.bind(job_id=ctx.job.id)
     claims = verify_dispatch_metadata(
         ctx.job.metadata, secret=settings.signing_secret(), issuer=settings.dispatch_issuer
     )
@@ -182,6 +199,10 @@ async def start_call(
     admission = admit(
         claims, catalog, settings, **({"pipeline_check": llm_only_pipeline_check} if services.text_only else {})
     )
+    call_fields = {"session_id": str(claims.session_id), "agent_id": str(admission.agent.id), "job_id": ctx.job.id}
+    logcontext.bind(**call_fields)
+    # livekit's own job log filter adds them to the job's records outside this task tree (shutdown sequence)
+    ctx.log_context_fields.update(call_fields)
     revision = admission.revision
     system_values: dict[str, Any] = {
         "session_id": str(claims.session_id),
@@ -245,6 +266,11 @@ async def start_call(
     if memory:
         await agent.update_chat_ctx(_with_memory(agent.chat_ctx, memory))
     session.on("close", call._on_close)
+    session.on("conversation_item_added", _observe_turn)
+    if resources is not None:
+        metrics.watch_fallbacks(
+            getattr(resources, "stt", None), getattr(resources, "llm", None), getattr(resources, "tts", None)
+        )
     if before_start is not None:
         before_start(session)
 
@@ -252,6 +278,7 @@ async def start_call(
         await session.start(agent=agent, room=room)
     else:  # text mode / tests / console: no room IO at all
         await session.start(agent=agent)
+    call._count_active()
     _greet(call)
     call.limits = CallLimits(session, admission.pipeline, on_end=record_end_and_close(call))
     call.limits.start()
@@ -280,6 +307,12 @@ async def start_call(
         extra=call.log_context,
     )
     return call
+
+
+def _observe_turn(event: ConversationItemAddedEvent) -> None:
+    item = event.item
+    if isinstance(item, llm.ChatMessage) and item.role == "assistant" and item.metrics:
+        metrics.observe_turn(dict(item.metrics))
 
 
 def _greet(call: Call) -> None:

@@ -51,17 +51,53 @@ def _fail(message: str, code: int) -> int:
 # --- start / dev ------------------------------------------------------------------------------------------
 
 
-def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
+# The module that defines the worker's AgentServer (`server`), as livekit's `start` command loads it.
+APP = Path(__file__).with_name("app.py")
+
+
+def _use_multiprocess_metrics() -> None:
+    """Job processes record metrics too: prometheus_client's multiprocess mode, chosen by an environment variable
+    that must be set before prometheus_client is first imported (livekit-agents imports it), in this process and
+    in every process started from it. An operator's own PROMETHEUS_MULTIPROC_DIR is kept."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    if "prometheus_client" in sys.modules:
+        # too late for this process: stay single-process everywhere rather than serve half the picture
+        print("voice-worker: metrics cover the main process only (prometheus_client imported early)", file=sys.stderr)
+        return
+    path = tempfile.mkdtemp(prefix="voice-worker-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+
+
+def run_worker(args: argparse.Namespace, *, dev: bool, app: Path = APP) -> int:
+    """`voice-worker start|dev`: check settings and catalog, then hand over to livekit's `start` command.
+
+    `app` is the module defining `server`; only tests pass another (one whose calls need no SFU)."""
     import os
 
     settings = _settings(args, dev=dev)
     settings.require_production_secrets()
+    if settings.metrics_port is not None:
+        _use_multiprocess_metrics()
     from worker.check import check_catalog
 
     catalog, problems = check_catalog(settings.catalog_path, settings)
     for problem in problems:
         print(f"catalog problem (that agent or team will be refused): {problem}", file=sys.stderr)
     print(f"voice-worker: catalog {settings.catalog_path}: {catalog.summary()}", file=sys.stderr)
+    # Job processes and the outbox loop assume the schema is current; the door runs the same migration.
+    from records.migrate import upgrade
+
+    try:
+        upgrade(settings.database_url)
+    except Exception as exc:  # the URL can hold a password: name the setting and the error type only
+        raise SettingsError(f"DATABASE_URL: cannot bring the schema up to date ({type(exc).__name__})") from None
 
     # The composition root (worker/app.py) reads settings from the environment in this and every job process.
     os.environ["VOICE_WORKER_MODE"] = settings.mode.value
@@ -71,12 +107,15 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
     from worker import connectivity
 
     connectivity.install(settings.livekit_url)
-    argv = ["start", str(Path(__file__).with_name("app.py")), "--log-level", args.log_level]
-    if dev:
-        argv.append("--dev")
-    else:
-        argv += ["--log-format", "json"]
-    return livekit_main(argv)
+    argv = ["start", str(app), "--log-level", args.log_level]
+    if not dev:
+        # JSON lines; each record of a call carries session_id, agent_id and job_id (worker/logcontext.py)
+        return livekit_main([*argv, "--log-format", "json"])
+    from worker.devserver import ensure_dev_server
+
+    # a laptop with livekit-server installed and nothing on the dev port gets one for the worker's lifetime
+    with ensure_dev_server(settings.livekit_url):
+        return livekit_main([*argv, "--dev"])
 
 
 # --- check ------------------------------------------------------------------------------------------------
@@ -109,6 +148,15 @@ def _parse_vars(pairs: list[str]) -> dict[str, str]:
     return values
 
 
+def _target_and_seeds(args: argparse.Namespace) -> tuple[uuid.UUID | None, uuid.UUID | None, dict[str, str]]:
+    """--agent-id/--team-id and --var NAME=VALUE, or _UsageError naming what is wrong."""
+    try:
+        seeds = _parse_vars(args.var)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    return _uuid(args.agent_id, "--agent-id"), _uuid(args.team_id, "--team-id"), seeds
+
+
 def _web_call(args: argparse.Namespace) -> int:
     """The door's own minting core (scope: everything), so the CLI and the HTTP door cannot drift apart."""
     from catalog.context_vars import ContextVarErrors
@@ -119,12 +167,7 @@ def _web_call(args: argparse.Namespace) -> int:
     from door.sessions import default_session_creator
 
     settings = _settings(args)
-    try:
-        seeds = _parse_vars(args.var)
-    except ValueError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    agent_id = _uuid(args.agent_id, "--agent-id")
-    team_id = _uuid(args.team_id, "--team-id")
+    agent_id, team_id, seeds = _target_and_seeds(args)
     target = CallTarget(kind="agent", id=agent_id) if agent_id else CallTarget(kind="team", id=team_id)  # type: ignore[arg-type]
     if team_id and seeds:
         print("voice-worker: team calls ignore context variables (platform contract)", file=sys.stderr)
@@ -174,12 +217,7 @@ def _console(args: argparse.Namespace) -> int:
     from worker.console import run_console
 
     settings = _settings(args)
-    try:
-        seeds = _parse_vars(args.var)
-    except ValueError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    agent_id = _uuid(args.agent_id, "--agent-id")
-    team_id = _uuid(args.team_id, "--team-id")
+    agent_id, team_id, seeds = _target_and_seeds(args)
     return asyncio.run(run_console(settings, agent_id=agent_id, team_id=team_id, seeds=seeds))
 
 
@@ -229,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
-        "start": lambda a: _run_worker(a, dev=False),
-        "dev": lambda a: _run_worker(a, dev=True),
+        "start": lambda a: run_worker(a, dev=False),
+        "dev": lambda a: run_worker(a, dev=True),
         "check": _check,
         "web-call": _web_call,
         "inspect-dispatch": _inspect_dispatch,

@@ -1,24 +1,41 @@
-"""The LiveKit `AgentServer`: explicit dispatch under our agent name, admission before a job process is spent.
+"""The LiveKit `AgentServer`: explicit dispatch under our agent name, admission before a job process is spent,
+and the main process's part in fleet operations (drain, load, metrics, post-call delivery).
 
 Nothing here runs at import time: the process executor starts job processes with `forkserver`, which imports
 this module in every child. `create_server()` is called by the composition root (worker/app.py) and the tests.
+
+SIGTERM (livekit's CLI): the worker reports WS_FULL and refuses every new offer at once, lets the active calls
+run on for up to DRAIN_TIMEOUT_S, ends what is left, then `VoiceWorkerServer.aclose` flushes the post-call
+outbox in the main process, after every job (and its post-call processing) has ended; the process exits 0.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from livekit.agents import AgentServer, JobContext, JobProcess, JobRequest
+from livekit.agents.worker import ServerEnvOption
 
 from catalog.loader import CatalogStore
+from records.record import SessionRecord
+from worker import logcontext, metrics
 from worker.admission import admit
-from worker.call import start_call
+from worker.call import Call, start_call
+from worker.capacity import CallLoad
 from worker.dispatch import DispatchRejected, verify_dispatch_metadata
+from worker.metrics_endpoint import MetricsEndpoint
+from worker.outbox_loop import OutboxLoop
 from worker.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from worker.services import ProcessServices
+
+# The reason a draining worker gives; LiveKit may offer the job to another worker (no terminate).
+DRAINING = "draining"
 
 log = logging.getLogger("voice_worker.server")
 
@@ -29,19 +46,41 @@ class DispatchGate:
     def __init__(self, settings: Settings, catalog: CatalogStore) -> None:
         self._settings = settings
         self._catalog = catalog
+        self._server: AgentServer | None = None
         self.refusals: dict[str, int] = {}
+
+    def attach(self, server: AgentServer) -> None:
+        """The server whose drain this gate honours."""
+        self._server = server
+
+    def _refused(self, reason: str) -> None:
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+        metrics.dispatch_refused(reason)
 
     async def __call__(self, request: JobRequest) -> None:
         job = request.job
+        if self._server is not None and self._server.draining:
+            # livekit refuses offers itself once draining; this covers an offer whose check ran just before
+            self._refused(DRAINING)
+            log.info(
+                "dispatch refused: job %s room %s: worker is draining", job.id, job.room.name, extra={"job_id": job.id}
+            )
+            await request.reject(terminate=False)
+            return
         try:
             claims = verify_dispatch_metadata(
                 job.metadata, secret=self._settings.signing_secret(), issuer=self._settings.dispatch_issuer
             )
             admission = admit(claims, self._catalog.get(), self._settings)
         except DispatchRejected as exc:
-            self.refusals[exc.reason] = self.refusals.get(exc.reason, 0) + 1
+            self._refused(exc.reason)
             log.warning(
-                "dispatch refused: job %s room %s: %s: %s", job.id, job.room.name, exc.reason, exc.detail
+                "dispatch refused: job %s room %s: %s: %s",
+                job.id,
+                job.room.name,
+                exc.reason,
+                exc.detail,
+                extra={"job_id": job.id},
             )
             # terminate=True: no other worker of ours would judge the same grant differently.
             await request.reject(terminate=True)
@@ -54,7 +93,10 @@ class DispatchGate:
             claims.session_id,
             claims.target_kind,
             target.id,
+            extra={"job_id": job.id, "session_id": str(claims.session_id), "agent_id": str(admission.agent.id)},
         )
+        metrics.dispatch_accepted()
+        logcontext.remember_job(job.id, session_id=str(claims.session_id), agent_id=str(admission.agent.id))
         attributes = {
             "voice_worker.session_id": str(claims.session_id),
             "voice_worker.session_type": claims.session_type,
@@ -73,6 +115,8 @@ def setup_process(proc: JobProcess) -> None:
     """Once per job process: load the VAD model, the catalog and the store, so no call waits for them."""
     from worker.services import build_process_services
 
+    # this process's log records carry the call's ids (worker/logcontext.py)
+    logcontext.install()
     proc.userdata["services"] = build_process_services(get_settings())
 
 
@@ -86,39 +130,121 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown(reason=f"refused: {exc.reason}")
         return
 
-    async def after_call() -> None:
-        # Runs on every way a job ends (caller left, end_call, termination, drain): the caller is gone by
-        # now, so recording and post-processing cost them nothing. Bounded per step; never raises.
-        await call.finish()
-        if services.postcall is not None:
-            await services.postcall.process(call.outcome())
-        if services.delivery is not None:
-            await services.delivery.drain_once()
+    async def on_shutdown() -> None:
+        await after_call(call, services)
 
-    ctx.add_shutdown_callback(after_call)
+    ctx.add_shutdown_callback(on_shutdown)
     await call.wait_closed()
     ctx.shutdown(reason=call.end_reason or "session closed")
 
 
-def create_server(settings: Settings, *, gate: DispatchGate | None = None, **server_options) -> AgentServer:  # noqa: ANN003
-    """The worker, registered for explicit dispatch only (a non-empty agent name turns automatic dispatch off)."""
+async def after_call(call: Call, services: ProcessServices) -> None:
+    """Runs on every way a job ends (caller left, end_call, termination, drain): the caller is gone by now, so
+    recording and post-processing cost them nothing. Bounded per step; never raises. Whatever webhook this one
+    attempt cannot deliver, the main process's outbox loop retries (worker/outbox_loop.py)."""
+    # shutdown callbacks run outside the call's task tree: bind its log fields again
+    with logcontext.bound(call.log_context):
+        await call.finish()
+        if services.postcall is not None:
+            metrics.postcall_processed(_postcall_result(await services.postcall.process(call.outcome())))
+        if services.delivery is not None:
+            await services.delivery.drain_once()
+
+
+def _postcall_result(record: SessionRecord | None) -> str:
+    if record is None:
+        return "failed"
+    return "degraded" if record.postcall_error else "ok"
+
+
+class VoiceWorkerServer(AgentServer):
+    """livekit's AgentServer plus what voice-worker's main process owns:
+
+    - the metrics endpoint (worker/metrics_endpoint.py), up for as long as `run()`;
+    - the post-call outbox loop, started with the worker and stopped and flushed in `aclose()`, which livekit's
+      CLI calls after the drain: by then every job has ended and queued its webhook;
+    - the call-context log filter on this process's handlers (the thread executor runs calls here too);
+    - the offers livekit refuses by itself (draining, at capacity) counted with the gate's refusals;
+    - in multiprocess metrics mode, the files of each ended job process folded away (worker/metrics.py).
+    """
+
+    def __init__(
+        self, *, outbox: OutboxLoop | None = None, metrics_endpoint: MetricsEndpoint | None = None, **options: Any
+    ) -> None:
+        super().__init__(**options)
+        self._outbox = outbox
+        self.metrics_endpoint = metrics_endpoint
+        self.on("worker_started", self._on_worker_started)
+
+    async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
+        if self.metrics_endpoint is not None:
+            await self.metrics_endpoint.start()
+        await super().run(devmode=devmode, unregistered=unregistered)
+
+    def _on_worker_started(self) -> None:
+        logcontext.install()
+        loop = asyncio.get_running_loop()
+
+        def process_closed(proc: Any) -> None:
+            # file work under the scrape lock: off the event loop
+            loop.run_in_executor(None, metrics.process_exited, getattr(proc, "pid", None))
+
+        pool = getattr(self, "_proc_pool", None)
+        if pool is not None:
+            pool.on("process_closed", process_closed)
+        if self._outbox is not None:
+            self._outbox.start()
+
+    def _is_available(self) -> bool:
+        # livekit's check before it asks the gate; an offer it declines here never reaches DispatchGate
+        available = super()._is_available()
+        if not available:
+            metrics.dispatch_refused(DRAINING if self.draining else "at_capacity")
+        return available
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self._outbox is not None:
+            await self._outbox.stop_and_flush()
+        if self.metrics_endpoint is not None:
+            await self.metrics_endpoint.aclose()
+
+
+SessionEntrypoint = Callable[[JobContext], Awaitable[None]]
+
+
+def create_server(
+    settings: Settings,
+    *,
+    gate: DispatchGate | None = None,
+    session_entrypoint: SessionEntrypoint = entrypoint,
+    **server_options: Any,
+) -> VoiceWorkerServer:
+    """The worker, registered for explicit dispatch only (a non-empty agent name turns automatic dispatch off).
+
+    `server_options` override AgentServer options (tests: executor type, idle processes, the load function).
+    `session_entrypoint` is the production `entrypoint` except in tests that hold calls without an SFU."""
     key, secret = settings.livekit_credentials()
-    server = AgentServer(
-        ws_url=settings.livekit_url,
-        api_key=key,
-        api_secret=secret,
-        host=settings.health_host,
-        port=settings.health_port,
-        setup_fnc=setup_process,
+    options: dict[str, Any] = {
+        "ws_url": settings.livekit_url,
+        "api_key": key,
+        "api_secret": secret,
+        "host": settings.health_host,
+        "port": settings.health_port,
+        "setup_fnc": setup_process,
         # Shutdown callbacks run post-call processing (up to three bounded steps: summary, memory, delivery).
-        shutdown_process_timeout=3 * settings.postcall_step_timeout_s + 10,
+        "shutdown_process_timeout": 3 * settings.postcall_step_timeout_s + 10,
         # Keep retrying: a worker that gives up while LiveKit restarts is a worker an operator must restart.
-        max_retry=2**31,
-        **server_options,
-    )
-    server.rtc_session(
-        entrypoint,
-        agent_name=settings.agent_name,
-        on_request=gate or DispatchGate(settings, CatalogStore(settings.catalog_path)),
-    )
+        "max_retry": 2**31,
+        "load_fnc": CallLoad.from_settings(settings),
+        # livekit's convention: a dev worker never reports itself full
+        "load_threshold": ServerEnvOption(dev_default=math.inf, prod_default=settings.load_threshold),
+        "drain_timeout": settings.drain_timeout_s,
+    }
+    options.update(server_options)
+    endpoint = MetricsEndpoint(settings.health_host, settings.metrics_port) if settings.metrics_port else None
+    server = VoiceWorkerServer(outbox=OutboxLoop(settings), metrics_endpoint=endpoint, **options)
+    gate = gate or DispatchGate(settings, CatalogStore(settings.catalog_path))
+    gate.attach(server)
+    server.rtc_session(session_entrypoint, agent_name=settings.agent_name, on_request=gate)
     return server

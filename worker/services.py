@@ -18,6 +18,7 @@ from postcall.outbox import OutboxDelivery
 from postcall.processor import PostCallProcessor
 from records.outcome import SessionOutcome
 from records.store import SessionStore
+from worker import metrics
 from worker.call import CallServices
 from worker.settings import Settings
 
@@ -49,7 +50,7 @@ def build_process_services(settings: Settings, *, shared_vad: SharedVAD | None =
         agent = current.agents.get(outcome.agent_id) if outcome.agent_id else None
         return build_llm(agent.active_revision.pipeline, settings) if agent else None
 
-    delivery = OutboxDelivery.from_settings(store, settings)
+    delivery = OutboxDelivery.from_settings(store, settings, on_attempt=metrics.webhook_attempt)
     postcall = PostCallProcessor(
         store,
         settings,

@@ -25,6 +25,10 @@ DEV_DISPATCH_SIGNING_SECRET = "dev-only-insecure-dispatch-signing-secret-do-not-
 _PLACEHOLDERS = {"", "changeme", "change-me", "changethis", "secret", "devkey", "xxx", "todo", "placeholder"}
 _MIN_SIGNING_SECRET_LEN = 32
 
+DEFAULT_PROMETHEUS_PORT = 9100
+# Calls per worker before latency degrades; the density benchmark (benchmarks/density.py) is where it comes from.
+DEFAULT_WORKER_CALL_CAPACITY = 25
+
 
 class Mode(StrEnum):
     DEV = "dev"
@@ -77,6 +81,20 @@ class Settings(BaseSettings):
     health_port: int = Field(8081, ge=0, le=65535, validation_alias="HEALTH_PORT")
     health_host: str = Field("0.0.0.0", validation_alias="HEALTH_HOST")
 
+    # --- fleet operations: metrics, capacity, drain (worker/metrics.py, worker/capacity.py) ---
+    # Unset: 9100 in production, off in dev (a laptop or a test run need no fixed port); 0 turns it off.
+    prometheus_port: int | None = Field(None, ge=0, le=65535, validation_alias="PROMETHEUS_PORT")
+    # Concurrent calls one worker process tree serves before latency degrades (benchmarks/density.py).
+    worker_call_capacity: int = Field(
+        DEFAULT_WORKER_CALL_CAPACITY, ge=1, le=10_000, validation_alias="WORKER_CALL_CAPACITY"
+    )
+    # LiveKit offers no new calls once the load (see worker/capacity.py) reaches this fraction.
+    load_threshold: float = Field(0.7, gt=0, le=1, validation_alias="LOAD_THRESHOLD")
+    # SIGTERM: how long active calls may run on before they are ended.
+    drain_timeout_s: int = Field(600, ge=1, le=86_400, validation_alias="DRAIN_TIMEOUT_S")
+    # At exit, after the calls ended: how long the last webhook delivery attempt may take.
+    outbox_flush_timeout_s: float = Field(15.0, gt=0, le=600, validation_alias="OUTBOX_FLUSH_TIMEOUT_S")
+
     @model_validator(mode="after")
     def _fill_dev_defaults(self) -> Settings:
         if self.mode is Mode.DEV:
@@ -87,6 +105,17 @@ class Settings(BaseSettings):
             if self.dispatch_signing_secret is None:
                 self.dispatch_signing_secret = SecretStr(DEV_DISPATCH_SIGNING_SECRET)
         return self
+
+    @model_validator(mode="after")
+    def _default_prometheus_port(self) -> Settings:
+        if self.prometheus_port is None and self.mode is Mode.PRODUCTION:
+            self.prometheus_port = DEFAULT_PROMETHEUS_PORT
+        return self
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The Prometheus port to serve, or None when metrics are off."""
+        return self.prometheus_port or None
 
     @property
     def is_dev(self) -> bool:

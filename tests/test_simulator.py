@@ -1,0 +1,126 @@
+"""The call simulator (benchmarks/simulator.py) itself: a simulated call says what its script says, its turn
+timings are consistent with causality, and a caller who talks over the agent stops the agent's audio.
+
+Nothing here judges latency (that is the benchmarks' business); the timing checks are lower bounds that
+only a broken measurement can violate: the first audio cannot come before the VAD has let go of the speech
+and every double has taken its fixed latency."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from benchmarks.simulator import (
+    VAD_PERIOD,
+    CallerTurn,
+    CallRecord,
+    CallScript,
+    Environment,
+    Latencies,
+    Tuning,
+    default_script,
+    run_call,
+)
+from tests.doubles.wav_fixtures import require_espeak
+
+SCRIPT = default_script(2)
+LATENCIES = Latencies()
+# the sales agent's pipeline: 500 ms endpointing, so the VAD's minimum silence is 0.5 s; stock Silero's is 0.55 s
+WORKER_MIN_SILENCE_MS = 500
+STOCK_MIN_SILENCE_MS = 550
+# the live VAD may report up to one 10 ms frame before the offline timing (the caller's last frame is stamped
+# when it is delivered, while the offline timing counts from the clip's last sample inside it)
+FRAME_MS = 10
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Environment:
+    require_espeak()
+    return Environment.create(speech_cache=tmp_path_factory.mktemp("speech"))
+
+
+LONG_REPLY = (
+    "Pro is sixty dollars per seat per month, billed monthly, and it includes priority support, "
+    "single sign on, audit logs and unlimited projects for the whole team."
+)
+BARGE_IN = CallScript(
+    turns=(
+        CallerTurn("I would like to know what the pro plan costs", LONG_REPLY),
+        CallerTurn("Sorry to interrupt but what about starter", "Starter is twenty dollars.", barge_in=True),
+    ),
+    barge_in_after_s=0.8,
+)
+
+
+@pytest.fixture(scope="module")
+def calls(env: Environment) -> dict[str, CallRecord]:
+    """Side by side: a call through the worker's pipeline, one through stock livekit's, and one where the
+    caller talks over the agent (livekit ignores barge-in during its echo-cancellation warm-up, 3 s of
+    agent speech, unless that is turned off)."""
+    runs = {
+        "worker": (SCRIPT, Tuning()),
+        "stock": (SCRIPT, Tuning(stock=True)),
+        "barge_in": (BARGE_IN, Tuning(aec_warmup=False)),
+    }
+
+    async def go() -> list[CallRecord]:
+        for script, tuning in runs.values():
+            await env.aprepare(script, tuning)
+        return await asyncio.gather(
+            *(run_call(env, script, latencies=LATENCIES, tuning=tuning) for script, tuning in runs.values())
+        )
+
+    return dict(zip(runs, asyncio.run(go()), strict=True))
+
+
+@pytest.mark.parametrize("pipeline", ["worker", "stock"])
+def test_transcript_matches_the_scripted_caller(env: Environment, calls: dict[str, CallRecord], pipeline: str):
+    record = calls[pipeline]
+    assert record.error is None
+    greeting = env.pipeline_for(SCRIPT).first_speaking.text
+    expected = [("assistant", greeting)]
+    for turn in SCRIPT.turns:
+        expected += [("user", turn.says), ("assistant", turn.reply)]
+    assert record.transcript == expected
+
+
+@pytest.mark.parametrize(("pipeline", "min_silence_ms"), [("worker", WORKER_MIN_SILENCE_MS), ("stock", STOCK_MIN_SILENCE_MS)])
+def test_turn_timings_are_consistent(calls: dict[str, CallRecord], pipeline: str, min_silence_ms: int):
+    record = calls[pipeline]
+    assert record.greeting_first_frame_at is not None and record.greeting_first_frame_at > record.entered_at
+    assert len(record.turns) == len(SCRIPT.turns)
+    chain_ms = (LATENCIES.stt_s + LATENCIES.llm_ttft_s + LATENCIES.tts_ttfb_s) * 1000
+    for turn in record.turns:
+        assert turn.answered and turn.first_audio_at is not None
+        assert turn.first_audio_at > turn.speech_ended_at
+        assert 0 <= turn.vad_phase < VAD_PERIOD
+        # what the VAD must wait for this audio, at least its minimum silence...
+        assert turn.endpointing_ms is not None and turn.endpointing_ms >= min_silence_ms
+        # ...is what the live VAD did wait (it can only be later, when the machine is busy)
+        assert turn.vad_detected_ms is not None and turn.vad_detected_ms >= turn.endpointing_ms - FRAME_MS
+        # every double took at least its latency, one after the other, after the VAD let go
+        assert turn.stt_ms is not None and turn.stt_ms >= LATENCIES.stt_s * 1000 - 1
+        assert turn.llm_ttft_ms is not None and turn.llm_ttft_ms >= LATENCIES.llm_ttft_s * 1000 - 1
+        assert turn.tts_ttfb_ms is not None and turn.tts_ttfb_ms >= LATENCIES.tts_ttfb_s * 1000 - 1
+        assert turn.total_ms is not None and turn.total_ms >= turn.vad_detected_ms + chain_ms - 1
+        # and the split adds up
+        assert turn.overhead_ms == pytest.approx(turn.total_ms - turn.endpointing_ms - turn.provider_ms)
+        assert turn.provider_ms == pytest.approx(chain_ms)
+    # turn 1 ran the procedure router on the call's LLM (the sales agent has an auto procedure)
+    assert record.turns[0].router_ms is not None and record.turns[0].router_ms >= LATENCIES.router_s * 1000 - 1
+    assert all(t.router_ms is None for t in record.turns[1:])
+
+
+def test_barge_in_stops_the_agent_audio(calls: dict[str, CallRecord]):
+    record = calls["barge_in"]
+    assert record.error is None
+    interrupted_turn = record.turns[1]
+    assert interrupted_turn.interrupted_reply
+    reply = record.segments[1]  # segment 0 is the greeting
+    assert reply["interrupted"]
+    full_length_s = len(LONG_REPLY) * 0.06  # StreamingFakeTTS speaks 60 ms per character
+    assert reply["played_s"] < full_length_s / 2
+    # the agent stopped talking before it answered the caller who cut in
+    assert interrupted_turn.first_audio_at is not None and reply["finished_at"] <= interrupted_turn.first_audio_at
+    assert record.transcript[-2:] == [("user", BARGE_IN.turns[1].says), ("assistant", BARGE_IN.turns[1].reply)]
