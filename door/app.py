@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from catalog.loader import CatalogStore
+from door.metrics import install_metrics
 from door import feather, revdesk
 from door.core import WebCallService
 from door.dependencies import DoorContext
@@ -82,6 +83,7 @@ def create_app(
         limiter=RateLimiter(settings.door_rate_limit_per_minute, clock=clock),
         idempotency=IdempotencyStore(settings.door_idempotency_ttl_s, clock=clock),
     )
+    install_metrics(app)
     app.include_router(feather.router)
     app.include_router(revdesk.router)
 
