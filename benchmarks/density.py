@@ -1,6 +1,7 @@
 """Density: how many concurrent simulated calls one machine holds, and what each costs in CPU and memory.
 
-Three ways of running calls, each measured at 1, 5, 10, 20, 30, ... concurrent calls:
+Three ways of running calls, each measured at 1, 5, 10, 15, 20, 25, 30, 40 concurrent calls (until a level
+does not hold):
 - `process`: livekit-agents' own process pool (`ipc.proc_pool.ProcPool`, the `forkserver` start method, the
   forkserver preload list `AgentServer` builds: the registered plugins, livekit's warm-up and `gc.freeze`),
   one job process per call, the job's real `JobContext` (fake job: no room) handed to the simulator;
@@ -14,18 +15,24 @@ with the job's context, which goes through `worker.call.start_call` like `worker
 Each level runs in a fresh Python process (`python -m benchmarks.density --level '<json>'`) so that memory
 and CPU are not carried over from the previous level. Calls start spread over `stagger_s` and all of them
 are active together for most of their length; CPU (all processes of the tree) and PSS are taken over the
-window in which every call is active. Per-turn overhead under load is the turn's end-of-speech -> first
-audio minus the configured budget (endpointing + STT + LLM TTFT + TTS TTFB) minus the VAD's own lag as
-measured unloaded (the 1-call level), so that it grows with anything the load adds and nothing else.
+window in which every call is active. Per-turn overhead is the simulator's (`TurnRecord.overhead_ms`): end of
+speech -> first audio, minus what the VAD must wait for that audio (computed offline, so free of load) and
+the providers' configured latencies; it grows with anything the load adds. A level holds when its overhead
+p95 is at most 100 ms and every turn was answered; the sweep stops at the first level that does not.
 
-Usage: `python -m benchmarks.density [--executor process thread inprocess] [--levels 1,5,10,20,30,40]
-[--variant NAME ...] [--short]`; `benchmarks.run` calls it for the performance table.
+Usage: `python -m benchmarks.density [--executor process thread inprocess] [--variant NAME ...] [--workers N]
+[--levels 1,5,10,15,20,25,30,40] [--turns 3]`; `benchmarks.run` calls it for the performance table. The
+variants (`VARIANTS`) turn one setting on at a time (`gc_freeze`, `no_text_transforms`, `shared_setup`,
+`preload_app`, `shared_ssl_context`, `native_vad`, ...) or all the helpful ones together (`tuned`,
+`tuned_native_vad`); `--workers 2` runs two worker processes side by side, as two `voice-worker start` on one
+machine would.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import multiprocessing as mp
@@ -38,7 +45,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,7 +68,7 @@ EXECUTORS: tuple[Executor, ...] = ("process", "thread", "inprocess")
 SPEC_ENV = "VOICE_WORKER_DENSITY_SPEC"
 # this module's importable name: job processes find `setup` / `entrypoint` by it, even when it runs as __main__
 MODULE = "benchmarks.density"
-DEFAULT_LEVELS = (1, 5, 10, 20, 30, 40)
+DEFAULT_LEVELS = (1, 5, 10, 15, 20, 25, 30, 40)
 OVERHEAD_LIMIT_MS = 100.0
 SAMPLE_INTERVAL_S = 0.5
 LEVEL_TIMEOUT_S = 240.0
@@ -88,24 +95,42 @@ class Variant:
     shared_ssl_context: bool = False
     warm_setup: bool = False
     text_transforms: Literal["default", "none"] = "default"
+    vad: Literal["silero", "native"] = "silero"
+    switch_interval_ms: float | None = None
+    """`sys.setswitchinterval` for the worker process: how long a thread holding the GIL keeps it while
+    others wait (5 ms by default); with one event loop per call (thread executor) every loop waits its turn."""
+    malloc_arena_max: int | None = None
+    """`MALLOC_ARENA_MAX` for the worker's processes: glibc gives every thread that allocates its own arena,
+    and a job process runs a dozen threads (VAD inference, the loop monitor, logging, IPC)."""
     stock: bool = False
 
     @property
     def tuning(self) -> Tuning:
-        return Tuning(stock=self.stock, text_transforms=self.text_transforms)
+        return Tuning(stock=self.stock, text_transforms=self.text_transforms, vad=self.vad)
 
 
+_TUNED = Variant(
+    name="tuned",
+    gc_freeze=True,
+    preload_app=True,
+    shared_setup=True,
+    shared_ssl_context=True,
+    warm_setup=True,
+    text_transforms="none",
+)
 VARIANTS: dict[str, Variant] = {
     "default": Variant(),
-    "tuned": Variant(
-        name="tuned",
-        gc_freeze=True,
-        preload_app=True,
-        shared_setup=True,
-        shared_ssl_context=True,
-        warm_setup=True,
-        text_transforms="none",
-    ),
+    "tuned": _TUNED,
+    "tuned_native_vad": replace(_TUNED, name="tuned_native_vad", vad="native"),
+    # one setting at a time, to see which one makes the difference
+    "gc_freeze": Variant(name="gc_freeze", gc_freeze=True),
+    "no_text_transforms": Variant(name="no_text_transforms", text_transforms="none"),
+    "shared_setup": Variant(name="shared_setup", shared_setup=True),
+    "preload_app": Variant(name="preload_app", preload_app=True),
+    "native_vad": Variant(name="native_vad", vad="native"),
+    "malloc_arenas": Variant(name="malloc_arenas", malloc_arena_max=2),
+    "shared_ssl_context": Variant(name="shared_ssl_context", shared_ssl_context=True),
+    "switch_interval_1ms": Variant(name="switch_interval_1ms", switch_interval_ms=1.0),
     "stock": Variant(name="stock", stock=True),
 }
 
@@ -114,7 +139,7 @@ VARIANTS: dict[str, Variant] = {
 class LevelSpec:
     executor: Executor
     calls: int
-    variant: Variant = Variant()
+    variant: Variant = field(default_factory=Variant)
     turns: int = 3
     stagger_s: float = 5.0
     out_dir: str = ""
@@ -197,10 +222,8 @@ class TreeSampler:
 
     def sample(self) -> Sample:
         pids = [self._root.pid]
-        try:
+        with contextlib.suppress(psutil.Error):
             pids += [c.pid for c in self._root.children(recursive=True)]
-        except psutil.Error:
-            pass
         cpu = {pid: c for pid in pids if (c := _cpu_s(pid)) is not None}
         return Sample(at=time.time(), cpu=cpu, pss_kb=sum(_pss_kb(pid) for pid in cpu), processes=len(cpu))
 
@@ -248,6 +271,8 @@ def setup(proc: Any) -> None:
     """The job process's setup function (livekit's `setup_fnc`): what `worker.server.setup_process` does."""
     global _shared_env
     spec = _spec()
+    if spec.variant.switch_interval_ms is not None:
+        sys.setswitchinterval(spec.variant.switch_interval_ms / 1000)
     if spec.variant.shared_ssl_context:
         share_ssl_context()
     if spec.variant.shared_setup:
@@ -279,8 +304,9 @@ async def entrypoint(ctx: Any) -> None:
 
 def forkserver_context(preload_app: bool) -> Any:
     """The multiprocessing context `AgentServer` builds: plugins, livekit's warm-up, then `gc.freeze`."""
-    import worker.server  # noqa: F401 - what the worker's main process has imported (registers the plugins)
     from livekit.agents.plugin import Plugin
+
+    import worker.server  # noqa: F401 - what the worker's main process has imported (registers the plugins)
 
     preload = [p.package for p in Plugin.registered_plugins]
     if preload_app:
@@ -294,7 +320,8 @@ def forkserver_context(preload_app: bool) -> Any:
 
 def _job_info(index: int, metadata: str) -> Any:
     from livekit.agents.job import JobAcceptArguments, RunningJobInfo
-    from livekit.protocol import agent as agent_proto, models
+    from livekit.protocol import agent as agent_proto
+    from livekit.protocol import models
 
     job = agent_proto.Job(
         id=f"density-{index}-{uuid.uuid4().hex[:8]}",
@@ -325,7 +352,7 @@ async def _run_pool(spec: LevelSpec, sampler: TreeSampler) -> tuple[float, float
         # every call gets a warmed process: the pool starts them all before the first call
         num_idle_processes=spec.calls,
         initialize_timeout=120.0,
-        close_timeout=10.0,
+        close_timeout=30.0,
         session_end_timeout=10.0,
         inference_executor=None,
         job_executor_type=executor_type,
@@ -451,11 +478,15 @@ def measure_level(spec: LevelSpec, *, timeout: float = LEVEL_TIMEOUT_S + 180) ->
     with tempfile.TemporaryDirectory(prefix="density-") as tmp:
         result_path = Path(tmp, "result.json")
         payload = json.dumps({**asdict(spec), "out_dir": str(Path(tmp, "calls"))})
+        env = dict(os.environ)
+        if spec.variant.malloc_arena_max is not None:
+            env["MALLOC_ARENA_MAX"] = str(spec.variant.malloc_arena_max)
         subprocess.run(
             [sys.executable, "-m", "benchmarks.density", "--level", payload, "--result", str(result_path)],
             check=True,
             timeout=timeout,
             cwd=Path(__file__).resolve().parent.parent,
+            env=env,
         )
         raw = json.loads(result_path.read_text())
     return LevelResult(**raw)
@@ -487,9 +518,10 @@ class Sweep:
 
     @property
     def marginal_memory_mb(self) -> float | None:
-        """Least-squares slope of the peak PSS of the whole tree over concurrent calls, across all levels:
-        what one more call costs, with the fixed costs (worker, forkserver, models) left out."""
-        points = [(lv.calls, lv.pss_peak_mb) for lv in self.levels if lv.pss_peak_mb]
+        """Least-squares slope of the peak PSS of the whole tree over concurrent calls: what one more call
+        costs, with the fixed costs (workers, forkserver, models) left out. Only levels where every worker
+        process has calls count: below that, a level adds a whole worker, not a call."""
+        points = [(lv.calls, lv.pss_peak_mb) for lv in self.levels if lv.pss_peak_mb and lv.calls >= self.workers]
         if len(points) < 2:
             return None
         mx = sum(x for x, _ in points) / len(points)

@@ -95,9 +95,7 @@ def summarize_turns(label: str, records: Sequence[CallRecord]) -> TurnSummary:
     )
 
 
-async def measure_turns(
-    env: Environment, tuning: Tuning, *, calls: int, turns: int, parallel: int
-) -> list[CallRecord]:
+async def measure_turns(env: Environment, tuning: Tuning, *, calls: int, turns: int, parallel: int) -> list[CallRecord]:
     """`calls` simulated calls, `parallel` at a time (a few concurrent calls do not change the latency:
     the density benchmark's lowest levels show it), in this process."""
     script = default_script(turns)
@@ -145,13 +143,13 @@ def turns_markdown(summaries: Sequence[TurnSummary]) -> str:
         unanswered = f" ({s.unanswered} unanswered)" if s.unanswered else ""
         lines.append(
             f"| {s.tuning} | {s.turns}{unanswered} | {_ms(s.total_p50_ms)} | {_ms(s.endpointing_p50_ms)} "
-            f"| {_ms(s.overhead_p50_ms)} / {_ms(s.overhead_p95_ms)} | {_ms(s.nominal_p50_ms)} / {_ms(s.nominal_p95_ms)} "
+            f"| {_ms(s.overhead_p50_ms)} / {_ms(s.overhead_p95_ms)} "
+            f"| {_ms(s.nominal_p50_ms)} / {_ms(s.nominal_p95_ms)} "
             f"| {_ms(s.turn1_minus_later_ms, signed=True)} | {'met' if s.meets_goal else 'not met'} |"
         )
-    stock = BASELINE_STOCK_NOMINAL_MS
-    lines.append(
-        f"| stock livekit-agents, baseline notes (1 call) | - | - | - | - | {stock[0]:.0f} ms / {stock[1]:.0f} ms | - | - |"
-    )
+    p50, p95 = BASELINE_STOCK_NOMINAL_MS
+    baseline = "stock livekit-agents, baseline notes (1 call)"
+    lines.append(f"| {baseline} | - | - | - | - | {p50:.0f} ms / {p95:.0f} ms | - | - |")
     return "\n".join(lines)
 
 
@@ -195,11 +193,11 @@ def turn1_markdown(result: dict[str, Any] | None) -> str:
 
 # -- 4. density --------------------------------------------------------------------------------------------
 
+# what the worker ships with, and the recommended configuration (see benchmarks/density.py's variants; the
+# one-setting-at-a-time comparisons are `python -m benchmarks.density --variant ...`)
 FULL_SWEEPS: tuple[tuple[density.Executor, str, int], ...] = (
     ("process", "default", 1),
-    ("thread", "default", 1),
-    ("thread", "tuned", 1),
-    ("thread", "tuned", 2),
+    ("thread", "tuned_native_vad", 4),
 )
 
 
@@ -261,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"Machine: {box['logical_cores']} cores ({box['physical_cores']} physical), {box['memory_gib']} GiB, "
         f"load average {box['load_average_at_start'][0]:.2f} at start; livekit-agents {box['livekit_agents']}, "
         f"Python {box['python']}.  ",
-        f"Command: `{command.strip()}`" + ("  (short mode: a few calls; the figures are not meaningful)" if args.short else ""),
+        f"Command: `{command.strip()}`"
+        + ("  (short mode: a few calls; the figures are not meaningful)" if args.short else ""),
     ]
 
     background: dict[str, Future[Any]] = {}
@@ -284,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "call_start" in only:
         starts = background["call_start"].result() if "call_start" in background else call_start.run(args.short)
         report["call_start"] = call_start.as_dicts(starts)
-        sections += ["", "### Call start (entrypoint -> first greeting frame - TTS latency)", "", call_start.markdown(starts)]
+        title = "### Call start (entrypoint -> first greeting frame - TTS latency)"
+        sections += ["", title, "", call_start.markdown(starts)]
     if "turn1" in only:
         penalty = turn1_penalty()
         report["turn1_penalty"] = penalty

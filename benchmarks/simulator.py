@@ -12,15 +12,18 @@ TTS's first audio comes `tts_ttfb_s` after its first text), and the room is repl
 The caller is reactive, as a person is: each utterance starts `think_s` after the agent's previous reply
 has finished playing (or, for a barge-in turn, `barge_in_after_s` after it started).
 
-Per call the simulator records when the call was dispatched and when the greeting's first frame played,
-and per turn the end of the caller's speech and the agent's first audio, split three ways:
-- endpointing wait: end of speech -> the VAD's end-of-speech event (the silence the config asks for, plus
-  Silero's own lag in letting go);
-- provider time: STT + LLM time to first token + TTS time to first byte, as the doubles measured them;
-- overhead: the rest; what the worker and livekit-agents add.
-`TurnRecord.overhead_nominal_ms` is the same turn judged against the configured figures only
-(first audio - end of speech - (endpointing delay + STT + TTFT + TTFB)), the formula of the stock baseline
-in /work/shared/notes/baseline-stock-livekit-agents.md, so both can be compared side by side.
+Per call the simulator records when `start_call` was entered and when the greeting's first frame played
+(`CallRecord.call_start_ms` takes the TTS double's latency off), the transcript, and per turn the end of the
+caller's speech and the agent's first audio, split three ways (`TurnRecord`):
+- endpointing wait: what the VAD has to wait for this audio with the call's options (the minimum silence the
+  endpointing rule sets, plus the time Silero's speech probability takes to fall), computed offline from the
+  same samples at the same alignment with Silero's windows (`vad_waits`), so that no processing delay hides
+  in it;
+- provider time: the doubles' configured latencies (STT + LLM time to first token + TTS time to first byte);
+- overhead: the rest, which is what the worker, livekit-agents and the machine's load add.
+`TurnRecord.overhead_nominal_ms` judges the same turn against the configured endpointing delay instead (the
+formula of the stock baseline in /work/shared/notes/baseline-stock-livekit-agents.md), so Silero's lag
+counts as overhead there; both are reported side by side.
 
 `StreamingFakeTTS` lives here rather than in tests/doubles because only the simulator needs it: it is the
 streaming counterpart of `FakeTTS` (audio `ttfb_s` after the first *word*, as Deepgram's streaming TTS
@@ -48,10 +51,10 @@ from typing import Any, Literal
 import numpy as np
 from livekit import rtc
 from livekit.agents import AgentSession, JobContext, llm, tts
-from livekit.agents.vad import VADEventType
 from livekit.agents.testing import fake_job_context
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
-from livekit.agents.voice.events import ConversationItemAddedEvent, UserStateChangedEvent
+from livekit.agents.vad import VADEventType
+from livekit.agents.voice.events import UserStateChangedEvent
 from livekit.agents.voice.turn import TurnHandlingOptions
 from livekit.plugins import silero
 
@@ -69,7 +72,7 @@ from worker.settings import EXAMPLE_CATALOG, Settings
 
 __all__ = [
     "SALES",
-    "SUPPORT",
+    "VAD_PERIOD",
     "CallRecord",
     "CallScript",
     "CallerTurn",
@@ -84,7 +87,6 @@ __all__ = [
 ]
 
 SALES = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a02")
-SUPPORT = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01")
 SPEECH_CACHE = Path(tempfile.gettempdir()) / "voice-worker-speech-cache"
 ROUTER_TOOL_PREFIX = "choose_"
 STEP_TIMEOUT_S = 30.0
@@ -145,14 +147,19 @@ class Tuning:
     shared by every call of the process with Silero's default options, `TurnHandlingOptions(turn_detection=
     "vad", endpointing min_delay = the config's)`); otherwise `pipelines.builder.build_pipeline` (per-call
     VAD object over the shared model, the endpointing rule) with its providers swapped for the doubles.
-    `text_transforms`: livekit's default (`filter_markdown`, `filter_emoji`), or `"none"` (the text goes to
-    the TTS as the LLM streams it; the markdown filter holds each token until the next one arrives).
+    `text_transforms`: livekit's default (`filter_markdown`, `filter_emoji`), or `"none"`
+    (`tts_text_transforms=None`: the text goes to the TTS as the LLM streams it; the stock baseline saw the
+    markdown filter hold the first token about 20 ms).
     `tts`: `"streaming"` (`StreamingFakeTTS`, like Deepgram) or `"sentence"` (`FakeTTS` behind livekit's
-    sentence tokenizer, like OpenAI's TTS)."""
+    sentence tokenizer, like OpenAI's TTS).
+    `vad`: `"silero"` (the livekit Silero plugin over the process's ONNX session, as pipelines/vad.py builds
+    it) or `"native"` (what-if: livekit-local-inference's native Silero, `livekit.agents.inference.VAD`, with
+    the same options)."""
 
     stock: bool = False
     text_transforms: Literal["default", "none"] = "default"
     tts: Literal["streaming", "sentence"] = "streaming"
+    vad: Literal["silero", "native"] = "silero"
     aec_warmup: bool = True
     """False sets `aec_warmup_duration=None`: livekit ignores barge-in for the first 3 s of agent speech
     otherwise, which a barge-in script must turn off."""
@@ -164,7 +171,13 @@ class Tuning:
             parts.append("no text transforms")
         if self.tts == "sentence":
             parts.append("sentence TTS")
+        if self.vad == "native":
+            parts.append("native VAD")
         return ", ".join(parts)
+
+
+DEFAULT_LATENCIES = Latencies()
+DEFAULT_TUNING = Tuning()
 
 
 # -- the streaming TTS double ------------------------------------------------------------------------------
@@ -185,9 +198,7 @@ class StreamingFakeTTS(tts.TTS):
     `realtime_factor` times real time). Every stream is recorded with `time.time()` stamps."""
 
     def __init__(self, *, ttfb_s: float = 0.1, sample_rate: int = 24000, realtime_factor: float = 2.0) -> None:
-        super().__init__(
-            capabilities=tts.TTSCapabilities(streaming=True), sample_rate=sample_rate, num_channels=1
-        )
+        super().__init__(capabilities=tts.TTSCapabilities(streaming=True), sample_rate=sample_rate, num_channels=1)
         self.ttfb_s = ttfb_s
         self.realtime_factor = realtime_factor
         self._voice = FakeTTS(ttfb_s=ttfb_s, sample_rate=sample_rate, realtime_factor=realtime_factor)
@@ -489,6 +500,8 @@ class Environment:
         """The VAD a call runs with, and a key for its options."""
         if tuning.stock:
             return f"stock {self.stock_vad._opts!r}", self.stock_vad
+        if tuning.vad == "native":
+            return f"native {silero_options(config)!r}", native_vad(config)
         return silero_options(config), self.vad.for_pipeline(config)
 
     def clip(self, text: str) -> Clip:
@@ -516,13 +529,13 @@ class Environment:
         self._vad_waits[(text, key)] = waits
         return waits
 
-    async def aprepare(self, script: CallScript, tuning: Tuning = Tuning()) -> None:
+    async def aprepare(self, script: CallScript, tuning: Tuning = DEFAULT_TUNING) -> None:
         """Synthesise the script's speech and work out the VAD's waits now, so no call waits for either."""
         config = self.pipeline_for(script)
         for turn in script.turns:
             await self.vad_waits(turn.says, tuning, config)
 
-    def prepare(self, script: CallScript, tuning: Tuning = Tuning()) -> None:
+    def prepare(self, script: CallScript, tuning: Tuning = DEFAULT_TUNING) -> None:
         """`aprepare` for a setup function, which livekit calls without a running event loop."""
         asyncio.run(self.aprepare(script, tuning))
 
@@ -618,6 +631,8 @@ class _Doubles:
             # providers are swapped for the doubles; the built ones are closed with the call
             self.built = build_pipeline(config, self.env.settings, vad=self.env.vad)
             kwargs = self.built.session_kwargs()
+        if self.tuning.vad == "native" and not self.tuning.stock:
+            kwargs["vad"] = native_vad(config)
         kwargs.update(stt=self.stt, llm=self.llm, tts=self.tts, session_close_transcript_timeout=0.1)
         if self.tuning.text_transforms == "none":
             kwargs["tts_text_transforms"] = None
@@ -638,20 +653,12 @@ class _Doubles:
         session.on("user_state_changed", on_user_state)
 
 
-async def _wait(predicate: Callable[[], bool], what: str, timeout: float = STEP_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"simulated call stalled: {what}")
-        await asyncio.sleep(0.005)
-
-
 async def run_call(
     env: Environment,
     script: CallScript,
     *,
-    latencies: Latencies = Latencies(),
-    tuning: Tuning = Tuning(),
+    latencies: Latencies = DEFAULT_LATENCIES,
+    tuning: Tuning = DEFAULT_TUNING,
     ctx: JobContext | None = None,
 ) -> CallRecord:
     """One call through `worker.call.start_call`. Without `ctx` it runs in a fake job context of its own
@@ -744,12 +751,12 @@ async def _converse(env: Environment, doubles: _Doubles, script: CallScript, rec
         )
         record.turns.append(turn_record)
         # the reply is the first segment that starts after the caller's last word
-        await _wait(lambda: any(s.first_frame_at > ended for s in speaker.segments[heard:]), f"no reply to turn {index}")
-        reply = next(s for s in speaker.segments[heard:] if s.first_frame_at > ended)
+        reply_index = heard
+        while (reply := await speaker.wait_for_segment(reply_index, timeout=STEP_TIMEOUT_S)).first_frame_at <= ended:
+            reply_index += 1
         turn_record.first_audio_at = reply.first_frame_at
         if heard and turn.barge_in:
-            previous = speaker.segments[heard - 1]
-            await _wait(lambda: previous.finished_at is not None, "the interrupted reply never stopped")
+            previous = await speaker.wait_for_playout_of(heard - 1, timeout=STEP_TIMEOUT_S)
             turn_record.interrupted_reply = previous.interrupted
     if script.turns and speaker.segments:
         # the last reply enters the history only once it has played out
@@ -820,6 +827,21 @@ def warm_pipelines(env: Environment) -> None:
         await asyncio.gather(*(b.aclose() for b in built), return_exceptions=True)
 
     asyncio.run(close())
+
+
+def native_vad(config: VoicePipelineConfig) -> Any:
+    """What-if for a proposed VAD change: livekit-local-inference's native Silero (one model per process,
+    loaded by livekit's own warm-up in the forkserver) with the options pipelines/vad.py gives the plugin."""
+    from livekit.agents import inference
+
+    options = silero_options(config)
+    return inference.VAD(
+        model="silero",
+        min_speech_duration=options.min_speech_duration,
+        min_silence_duration=options.min_silence_duration,
+        activation_threshold=options.activation_threshold,
+        deactivation_threshold=options.deactivation_threshold,
+    )
 
 
 def freeze_after_setup() -> None:

@@ -85,7 +85,9 @@ def test_transcript_matches_the_scripted_caller(env: Environment, calls: dict[st
     assert record.transcript == expected
 
 
-@pytest.mark.parametrize(("pipeline", "min_silence_ms"), [("worker", WORKER_MIN_SILENCE_MS), ("stock", STOCK_MIN_SILENCE_MS)])
+@pytest.mark.parametrize(
+    ("pipeline", "min_silence_ms"), [("worker", WORKER_MIN_SILENCE_MS), ("stock", STOCK_MIN_SILENCE_MS)]
+)
 def test_turn_timings_are_consistent(calls: dict[str, CallRecord], pipeline: str, min_silence_ms: int):
     record = calls[pipeline]
     assert record.greeting_first_frame_at is not None and record.greeting_first_frame_at > record.entered_at
