@@ -11,6 +11,8 @@ blocking the writer.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,22 @@ def _ensure_sqlite_parent(url: URL) -> None:
     Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
+def _enable_wal(cursor: Any) -> None:
+    # Switching to WAL needs the file to itself and SQLite does not wait on the busy handler for it: two
+    # processes opening a fresh file at once (worker and door migrating together) would see "database is
+    # locked". The mode is persistent, so once any connection switched it there is nothing left to do.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def create_engine(database_url: str, **kwargs: Any) -> Engine:
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
@@ -46,10 +64,10 @@ def create_engine(database_url: str, **kwargs: Any) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            if not in_memory:
-                cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            if not in_memory:
+                _enable_wal(cursor)
         finally:
             cursor.close()
 
