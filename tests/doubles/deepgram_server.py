@@ -17,13 +17,13 @@ import uuid
 import wave
 from collections import deque
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 from aiohttp import WSMsgType, web
 
 from tests.doubles.openai_server import tone
+from tests.doubles.loopback_server import LoopbackServer
 
 LISTEN_PATH = "/v1/listen"
 SPEAK_PATH = "/v1/speak"
@@ -66,7 +66,7 @@ class ListenSession:
         ]
 
 
-class DeepgramServerDouble:
+class DeepgramServerDouble(LoopbackServer):
     """`async with DeepgramServerDouble() as dg:`, then `deepgram.STT(base_url=dg.listen_url)`."""
 
     def __init__(
@@ -79,6 +79,7 @@ class DeepgramServerDouble:
         tts_min_seconds: float = 0.2,
         tts_ttfb_ms: float = 0.0,
     ) -> None:
+        super().__init__()
         self.default_transcript = default_transcript
         self.voice_rms_threshold = voice_rms_threshold
         self.interim_after_ms = interim_after_ms
@@ -93,42 +94,19 @@ class DeepgramServerDouble:
         self._rejections: dict[str, deque[int]] = {LISTEN_PATH: deque(), SPEAK_PATH: deque()}
         self._ids = itertools.count(1)
         self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
-    async def __aenter__(self) -> DeepgramServerDouble:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def start(self) -> None:
+    def _build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", LISTEN_PATH, self._handle_listen)
         app.router.add_route("*", SPEAK_PATH, self._handle_speak)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
+        return app
 
-    async def close(self) -> None:
+    async def _before_cleanup(self) -> None:
         self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     @property
     def base_url(self) -> str:
-        if self._port is None:
-            raise RuntimeError("DeepgramServerDouble is not started")
-        return f"http://127.0.0.1:{self._port}"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def listen_url(self) -> str:

@@ -39,13 +39,12 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self
 
 import jwt
 from aiohttp import WSMsgType, web
 from livekit import api
 from livekit.protocol import agent, models
+from tests.doubles.loopback_server import LoopbackServer
 
 AGENT_NAME_ATTRIBUTE = "lk.agent_name"
 # the real server mints agent join tokens valid for one hour (protocol agent.BuildAgentToken)
@@ -145,7 +144,7 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(6)}"
 
 
-class LiveKitServerDouble:
+class LiveKitServerDouble(LoopbackServer):
     def __init__(
         self,
         *,
@@ -154,6 +153,7 @@ class LiveKitServerDouble:
         region: str = "local",
         handshake_timeout: float = 10.0,
     ) -> None:
+        super().__init__()
         self._api_key = api_key
         self._api_secret = api_secret
         self._verifier = api.TokenVerifier(api_key, api_secret)
@@ -174,34 +174,18 @@ class LiveKitServerDouble:
         self._offers: dict[str, _Offer] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
+    # a short shutdown_timeout: aclose() ends every websocket first, so nothing should linger
+    shutdown_timeout = 1.0
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
+    def _build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/agent", self._handle_agent)
-        # a short shutdown_timeout: aclose() ends every websocket first, so nothing should linger
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
+        return app
 
-    async def aclose(self) -> None:
+    async def _before_cleanup(self) -> None:
         for conn in list(self._connections.values()):
             with contextlib.suppress(Exception):
                 await conn.ws.close(code=1001, message=b"server shutting down")
@@ -210,15 +194,10 @@ class LiveKitServerDouble:
         for offer in self._offers.values():
             if not offer.answer.done():
                 offer.answer.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     @property
     def url(self) -> str:
-        if self._port is None:
-            raise RuntimeError("the double is not started")
-        return f"ws://127.0.0.1:{self._port}"
+        return f"ws://127.0.0.1:{self.port}"
 
     # -- observation -----------------------------------------------------------------------------
 

@@ -19,11 +19,11 @@ import wave
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 from aiohttp import web
+from tests.doubles.loopback_server import LoopbackServer
 
 CHAT_PATH = "/v1/chat/completions"
 SPEECH_PATH = "/v1/audio/speech"
@@ -160,7 +160,7 @@ class _Script(Generic[R]):
         return len(self._queues.get(model) or ())
 
 
-class OpenAIServerDouble:
+class OpenAIServerDouble(LoopbackServer):
     """`async with OpenAIServerDouble() as oai:` then point plugins at `oai.base_url`."""
 
     def __init__(
@@ -171,6 +171,7 @@ class OpenAIServerDouble:
         speech_chunk_bytes: int = 4800,
         default_transcript: str = "hello",
     ) -> None:
+        super().__init__()
         self.speech_seconds_per_char = speech_seconds_per_char
         self.min_speech_s = min_speech_s
         self.speech_chunk_bytes = speech_chunk_bytes
@@ -181,47 +182,24 @@ class OpenAIServerDouble:
         self._transcription = _Script[TranscriptionReply]()
         self._ids = itertools.count(1)
         self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> OpenAIServerDouble:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def start(self) -> None:
+    def _build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post(CHAT_PATH, self._handle_chat)
         app.router.add_post(SPEECH_PATH, self._handle_speech)
         app.router.add_post(TRANSCRIPTION_PATH, self._handle_transcription)
         app.router.add_get(MODELS_PATH, self._handle_models)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
+        return app
 
-    async def close(self) -> None:
+    async def _before_cleanup(self) -> None:
         # Releases handlers parked by `hang` so shutdown does not wait on them.
         self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     @property
     def base_url(self) -> str:
-        if self._port is None:
-            raise RuntimeError("OpenAIServerDouble is not started")
-        return f"http://127.0.0.1:{self._port}/v1"
+        return f"http://127.0.0.1:{self.port}/v1"
 
     # -- scripting -------------------------------------------------------------------------------
 
