@@ -5,8 +5,9 @@
 # installs the project into it; compilers and uv stay in that stage. Stage `runtime` copies the venv and the
 # model directory and runs as uid 10001.
 #
-# Model files: the VAD (Silero, inside livekit-plugins-silero's wheel) and the turn detector and local VAD
-# (inside livekit-local-inference's native library) ship in the wheels, so they are in the venv already and
+# Model files: the VAD the worker runs (Silero, inside livekit-local-inference's native library), the turn
+# detector (same library) and the Silero plugin's ONNX model (livekit-plugins-silero's wheel; the benchmarks'
+# stock comparison uses it) ship in the wheels, so they are in the venv already and
 # load with HF_HUB_OFFLINE=1. `download-files` runs anyway so that a plugin added later that downloads its
 # model (into HF_HOME=/opt/models) gets it at build time; the runtime stage then proves every model loads
 # offline as the runtime user, so a model that would need a download at run time fails the build instead.
@@ -63,7 +64,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER voice
 WORKDIR /var/lib/voice-worker
 RUN python -c "from livekit.plugins import silero; silero.VAD.load(); import livekit.local_inference as li; li.init_vad(); li.init_eot()"
-# 8081: worker health (GET / answers OK; GET /worker reports load); 9100: worker metrics; 8000: the door.
+# 8081: worker health (GET / alive, GET /ready registered with LiveKit, GET /worker load); 9100: worker
+# metrics; 8000: the door.
 EXPOSE 8081 9100 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('HEALTH_PORT', '8081')}/\", timeout=2)"]

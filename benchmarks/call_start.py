@@ -1,13 +1,12 @@
 """Call start: the job's entrypoint entered -> the greeting's first audio frame, minus the TTS double's latency.
 
 Measured in job processes made the way the worker makes them (the `forkserver` context with the preload list
-`AgentServer` sets), with the file catalog and the VAD model loaded by the setup function:
+`AgentServer` sets), with the file catalog, and the setup function's work done first as
+`worker.server.setup_process` does it (worker/services.py: the VAD model, the catalog, every pipeline
+prebuilt, `gc.freeze()`):
 - `warm`: one process, many calls one after another (after one call to warm it): a process that has served
   calls before, as under the thread executor;
 - `cold`: one fresh process per call: the process executor, where every call is the first of its process.
-Each is measured as the code is (`current`) and with the two changes the profile points at (`proposed`:
-one TLS context per process for the provider clients, and every catalog pipeline built once in the setup
-function; see `benchmarks.simulator.share_ssl_context` / `warm_pipelines`).
 
 Usage: `python -m benchmarks.call_start [--short]`; `benchmarks.run` includes it.
 """
@@ -23,14 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from benchmarks.simulator import (
-    CallScript,
-    Environment,
-    percentile,
-    run_call,
-    share_ssl_context,
-    warm_pipelines,
-)
+from benchmarks.simulator import CallScript, Environment, percentile, run_call
 
 Mode = Literal["warm", "cold"]
 GOAL_P50_MS = 25.0
@@ -42,7 +34,6 @@ CHILD_TIMEOUT_S = 120.0
 @dataclass
 class StartSummary:
     mode: str
-    variant: str
     calls: int
     p50_ms: float | None
     p99_ms: float | None
@@ -61,19 +52,19 @@ class StartSummary:
         )
 
 
-def _setup(proposed: bool) -> Environment:
-    """What the job process's setup function does (worker.server.setup_process), plus the proposal."""
-    if proposed:
-        share_ssl_context()
-    env = Environment.create()
-    if proposed:
-        warm_pipelines(env)
+def _setup() -> Environment:
+    """What the job process's setup function does (worker.server.setup_process), with the simulator's settings."""
+    from worker.services import freeze_once, prebuild_pipelines, process_vad
+
+    env = Environment.create(vad=process_vad())
+    prebuild_pipelines(env.catalog, env.settings, env.vad)
+    freeze_once()
     return env
 
 
-def _child(queue: Any, proposed: bool, calls: int, warm_up: bool) -> None:
+def _child(queue: Any, calls: int, warm_up: bool) -> None:
     try:
-        env = _setup(proposed)
+        env = _setup()
 
         async def go() -> list[tuple[float | None, str | None]]:
             if warm_up:
@@ -89,9 +80,9 @@ def _child(queue: Any, proposed: bool, calls: int, warm_up: bool) -> None:
         queue.put([(None, f"{type(exc).__name__}: {exc}")])
 
 
-def _in_job_process(ctx: Any, proposed: bool, calls: int, warm_up: bool) -> list[tuple[float | None, str | None]]:
+def _in_job_process(ctx: Any, calls: int, warm_up: bool) -> list[tuple[float | None, str | None]]:
     queue = ctx.Queue()
-    process = ctx.Process(target=_child, args=(queue, proposed, calls, warm_up), name="job_proc")
+    process = ctx.Process(target=_child, args=(queue, calls, warm_up), name="job_proc")
     process.start()
     try:
         return queue.get(timeout=CHILD_TIMEOUT_S)
@@ -101,15 +92,14 @@ def _in_job_process(ctx: Any, proposed: bool, calls: int, warm_up: bool) -> list
             process.kill()
 
 
-def measure(mode: Mode, proposed: bool, calls: int, ctx: Any) -> StartSummary:
+def measure(mode: Mode, calls: int, ctx: Any) -> StartSummary:
     if mode == "warm":
-        results = _in_job_process(ctx, proposed, calls, warm_up=True)
+        results = _in_job_process(ctx, calls, warm_up=True)
     else:
-        results = [r for _ in range(calls) for r in _in_job_process(ctx, proposed, 1, warm_up=False)]
+        results = [r for _ in range(calls) for r in _in_job_process(ctx, 1, warm_up=False)]
     samples = [ms for ms, error in results if ms is not None and error is None]
     return StartSummary(
         mode=mode,
-        variant="proposed" if proposed else "current",
         calls=len(results),
         p50_ms=percentile(samples, 50),
         p99_ms=percentile(samples, 99),
@@ -124,11 +114,7 @@ def run(short: bool = False) -> list[StartSummary]:
 
     ctx = forkserver_context(preload_app=False)
     warm_calls, cold_calls = (3, 1) if short else (50, 12)
-    return [
-        measure(mode, proposed, warm_calls if mode == "warm" else cold_calls, ctx)
-        for proposed in (False, True)
-        for mode in ("warm", "cold")
-    ]
+    return [measure(mode, warm_calls if mode == "warm" else cold_calls, ctx) for mode in ("warm", "cold")]
 
 
 def _fmt(value: float | None) -> str:
@@ -137,14 +123,14 @@ def _fmt(value: float | None) -> str:
 
 def markdown(summaries: Sequence[StartSummary]) -> str:
     lines = [
-        "| process | code | calls | p50 | p99 | max | goal (p50 <= 25, p99 <= 60 ms) |",
-        "|---|---|---|---|---|---|---|",
+        "| process | calls | p50 | p99 | max | goal (p50 <= 25, p99 <= 60 ms) |",
+        "|---|---|---|---|---|---|",
     ]
     for s in summaries:
         label = "warm (has served calls)" if s.mode == "warm" else "cold (first call of the process)"
         errors = f", {s.errors} failed" if s.errors else ""
         lines.append(
-            f"| {label} | {s.variant} | {s.calls}{errors} | {_fmt(s.p50_ms)} | {_fmt(s.p99_ms)} | {_fmt(s.max_ms)} "
+            f"| {label} | {s.calls}{errors} | {_fmt(s.p50_ms)} | {_fmt(s.p99_ms)} | {_fmt(s.max_ms)} "
             f"| {'met' if s.meets_goal else 'not met'} |"
         )
     return "\n".join(lines)

@@ -8,9 +8,10 @@ does not hold):
 - `thread`: the same pool with `JobExecutorType.THREAD`: every call in its own thread and event loop of one
   process, each executor running the setup function;
 - `inprocess`: every call a task on one event loop (how the stock baseline was measured).
-The setup function mirrors `worker.server.setup_process` (load the VAD model and the catalog once per job
-process / executor), with the simulator's settings; the entrypoint runs `benchmarks.simulator.run_call`
-with the job's context, which goes through `worker.call.start_call` like `worker.server.entrypoint`.
+The setup function does what `worker.server.setup_process` does (worker/services.py: the VAD model and the
+catalog once per process, every pipeline prebuilt, `gc.freeze()`), with the simulator's settings; the
+entrypoint runs `benchmarks.simulator.run_call` with the job's context, which goes through
+`worker.call.start_call` like `worker.server.entrypoint`.
 
 Each level runs in a fresh Python process (`python -m benchmarks.density --level '<json>'`) so that memory
 and CPU are not carried over from the previous level. Calls start spread over `stagger_s` and all of them
@@ -21,11 +22,10 @@ the providers' configured latencies; it grows with anything the load adds. A lev
 p95 is at most 100 ms and every turn was answered; the sweep stops at the first level that does not.
 
 Usage: `python -m benchmarks.density [--executor process thread inprocess] [--variant NAME ...] [--workers N]
-[--levels 1,5,10,15,20,25,30,40] [--turns 3]`; `benchmarks.run` calls it for the performance table. The
-variants (`VARIANTS`) turn one setting on at a time (`gc_freeze`, `no_text_transforms`, `shared_setup`,
-`preload_app`, `shared_ssl_context`, `native_vad`, ...) or all the helpful ones together (`tuned`,
-`tuned_native_vad`); `--workers 2` runs two worker processes side by side, as two `voice-worker start` on one
-machine would.
+[--levels 1,5,10,15,20,25,30,40] [--turns 3]`; `benchmarks.run` calls it for the performance table. `default`
+is the worker as shipped; the other variants (`VARIANTS`) change one setting each (`plugin_vad`,
+`no_text_transforms`, `preload_app`, ...). `--workers 2` runs two worker processes side by side, as two
+`voice-worker start` on one machine would.
 """
 
 from __future__ import annotations
@@ -45,23 +45,14 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import psutil
 
-from benchmarks.simulator import (
-    CallRecord,
-    Environment,
-    Tuning,
-    default_script,
-    freeze_after_setup,
-    percentile,
-    run_call,
-    share_ssl_context,
-    warm_pipelines,
-)
+from benchmarks.simulator import CallRecord, Environment, Tuning, default_script, percentile, run_call
+from worker.services import freeze_once, prebuild_pipelines, process_vad
 
 Executor = Literal["process", "thread", "inprocess"]
 EXECUTORS: tuple[Executor, ...] = ("process", "thread", "inprocess")
@@ -79,23 +70,16 @@ log = logging.getLogger("voice_worker.bench.density")
 
 @dataclass(frozen=True)
 class Variant:
-    """Settings under test. `gc_freeze`: `gc.freeze()` at the end of the setup function (after the imports,
-    the VAD model and the catalog). `preload_app`: the process executor imports the application in the
-    forkserver (`AgentServer(preload_modules=[...])`), so job processes share those pages. `shared_setup`:
-    the thread executor's setup reuses one process-wide VAD model and catalog instead of loading its own.
-    `shared_ssl_context` / `warm_setup`: what-ifs for two proposed changes (one TLS context per process for
-    the provider clients; build every catalog pipeline once in the setup function), see
-    `benchmarks.simulator.share_ssl_context` / `warm_pipelines`. `text_transforms` / `stock`: as
-    `benchmarks.simulator.Tuning`."""
+    """Settings under test, on top of what the worker's setup function does (worker/services.py: the process's
+    VAD model and catalog shared by its executors, every pipeline prebuilt, `gc.freeze()` after the first
+    setup). `preload_app`: the process executor imports the application in the forkserver
+    (`AgentServer(preload_modules=[...])`), so job processes share those pages. `text_transforms` / `vad` /
+    `stock`: as `benchmarks.simulator.Tuning`."""
 
     name: str = "default"
-    gc_freeze: bool = False
     preload_app: bool = False
-    shared_setup: bool = False
-    shared_ssl_context: bool = False
-    warm_setup: bool = False
     text_transforms: Literal["default", "none"] = "default"
-    vad: Literal["silero", "native"] = "silero"
+    vad: Literal["native", "plugin"] = "native"
     switch_interval_ms: float | None = None
     """`sys.setswitchinterval` for the worker process: how long a thread holding the GIL keeps it while
     others wait (5 ms by default); with one event loop per call (thread executor) every loop waits its turn."""
@@ -109,27 +93,14 @@ class Variant:
         return Tuning(stock=self.stock, text_transforms=self.text_transforms, vad=self.vad)
 
 
-_TUNED = Variant(
-    name="tuned",
-    gc_freeze=True,
-    preload_app=True,
-    shared_setup=True,
-    shared_ssl_context=True,
-    warm_setup=True,
-    text_transforms="none",
-)
 VARIANTS: dict[str, Variant] = {
+    # the worker as shipped (the executor is the sweep's, JOB_EXECUTOR)
     "default": Variant(),
-    "tuned": _TUNED,
-    "tuned_native_vad": replace(_TUNED, name="tuned_native_vad", vad="native"),
-    # one setting at a time, to see which one makes the difference
-    "gc_freeze": Variant(name="gc_freeze", gc_freeze=True),
+    # one setting at a time, to see what each changes
+    "plugin_vad": Variant(name="plugin_vad", vad="plugin"),
     "no_text_transforms": Variant(name="no_text_transforms", text_transforms="none"),
-    "shared_setup": Variant(name="shared_setup", shared_setup=True),
     "preload_app": Variant(name="preload_app", preload_app=True),
-    "native_vad": Variant(name="native_vad", vad="native"),
     "malloc_arenas": Variant(name="malloc_arenas", malloc_arena_max=2),
-    "shared_ssl_context": Variant(name="shared_ssl_context", shared_ssl_context=True),
     "switch_interval_1ms": Variant(name="switch_interval_1ms", switch_interval_ms=1.0),
     "stock": Variant(name="stock", stock=True),
 }
@@ -263,30 +234,27 @@ def _spec() -> LevelSpec:
     return LevelSpec(**{**raw, "variant": Variant(**raw["variant"])})
 
 
-_shared_env: Environment | None = None
-_shared_lock = threading.Lock()
+_process_env: Environment | None = None
+_process_lock = threading.Lock()
 
 
 def setup(proc: Any) -> None:
-    """The job process's setup function (livekit's `setup_fnc`): what `worker.server.setup_process` does."""
-    global _shared_env
+    """The job executor's setup function (livekit's `setup_fnc`), doing what `worker.server.setup_process`
+    does: one environment per process (the process's VAD model and catalog, `worker.services.process_vad` /
+    `process_catalog`), every catalog pipeline prebuilt, `gc.freeze()` after the first setup; plus the
+    simulator's own preparation (the caller's speech, the VAD's waits)."""
+    global _process_env
     spec = _spec()
     if spec.variant.switch_interval_ms is not None:
         sys.setswitchinterval(spec.variant.switch_interval_ms / 1000)
-    if spec.variant.shared_ssl_context:
-        share_ssl_context()
-    if spec.variant.shared_setup:
-        with _shared_lock:
-            if _shared_env is None:
-                _shared_env = Environment.create()
-            env = _shared_env
-    else:
-        env = Environment.create()
-    env.prepare(default_script(spec.turns), spec.variant.tuning)
-    if spec.variant.warm_setup:
-        warm_pipelines(env)
-    if spec.variant.gc_freeze:
-        freeze_after_setup()
+    with _process_lock:
+        if _process_env is None:
+            env = Environment.create(vad=process_vad())
+            env.prepare(default_script(spec.turns), spec.variant.tuning)
+            prebuild_pipelines(env.catalog, env.settings, env.vad)
+            _process_env = env
+        env = _process_env
+    freeze_once()
     proc.userdata["env"] = env
 
 
@@ -386,15 +354,10 @@ async def _run_pool(spec: LevelSpec, sampler: TreeSampler) -> tuple[float, float
 
 def _run_inprocess(spec: LevelSpec, sampler: TreeSampler) -> tuple[float, float]:
     before = sampler.sample().pss_kb / 1024
-    if spec.variant.shared_ssl_context:
-        share_ssl_context()
-    env = Environment.create()
-    script = default_script(spec.turns)
-    env.prepare(script, spec.variant.tuning)
-    if spec.variant.warm_setup:
-        warm_pipelines(env)
-    if spec.variant.gc_freeze:
-        freeze_after_setup()
+    env = Environment.create(vad=process_vad())
+    env.prepare(default_script(spec.turns), spec.variant.tuning)
+    prebuild_pipelines(env.catalog, env.settings, env.vad)
+    freeze_once()
     warm = sampler.sample().pss_kb / 1024
     sampler.start()
     try:

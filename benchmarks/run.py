@@ -193,11 +193,11 @@ def turn1_markdown(result: dict[str, Any] | None) -> str:
 
 # -- 4. density --------------------------------------------------------------------------------------------
 
-# what the worker ships with, and the recommended configuration (see benchmarks/density.py's variants; the
-# one-setting-at-a-time comparisons are `python -m benchmarks.density --variant ...`)
+# the worker as shipped, with each executor (JOB_EXECUTOR); the thread executor as deployed: one worker process
+# per core (deploy/k8s). One-setting-at-a-time comparisons: `python -m benchmarks.density --variant ...`.
 FULL_SWEEPS: tuple[tuple[density.Executor, str, int], ...] = (
     ("process", "default", 1),
-    ("thread", "tuned_native_vad", 4),
+    ("thread", "default", 2),
 )
 
 

@@ -4,10 +4,11 @@ One simulated call is what a job process does for a real one, minus the room: re
 in a fake job context, `worker.call.start_call` (verify, admit against the file catalog, seed variables,
 build the session from the pipeline config, greet), the real `AgentSession` with the real Silero VAD and
 turn handling (`pipelines.vad.SharedVAD`, `pipelines.turn_handling`), the real supervisor. Only the
-providers are doubles with fixed latencies (tests/doubles: the STT answers `stt_s` after the VAD's end of
-speech, the LLM's first token comes `llm_ttft_s` after the request and one word every `llm_token_s`, the
+providers are doubles with fixed latencies (tests/doubles and here: the STT's final transcript comes `stt_s` after
+the end of speech, the LLM's first token comes `llm_ttft_s` after the request and one word every `llm_token_s`, the
 TTS's first audio comes `tts_ttfb_s` after its first text), and the room is replaced by a scripted caller
-(espeak-ng speech fed as real-time 10 ms frames) and a capturing loudspeaker.
+(espeak-ng speech fed in real time as 50 ms frames, as livekit's room input delivers a participant's audio)
+and a capturing loudspeaker.
 
 The caller is reactive, as a person is: each utterance starts `think_s` after the agent's previous reply
 has finished playing (or, for a barge-in turn, `barge_in_after_s` after it started).
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hashlib
 import json
 import math
@@ -50,21 +50,22 @@ from typing import Any, Literal
 
 import numpy as np
 from livekit import rtc
-from livekit.agents import AgentSession, JobContext, llm, tts
+from livekit.agents import AgentSession, JobContext, llm, stt, tts, utils
 from livekit.agents.testing import fake_job_context
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.vad import VADEventType
 from livekit.agents.voice.events import UserStateChangedEvent
+from livekit.agents.voice.room_io import AudioInputOptions
 from livekit.agents.voice.turn import TurnHandlingOptions
 from livekit.plugins import silero
 
 from catalog.loader import CatalogStore
 from catalog.pipeline_config import VoicePipelineConfig
 from pipelines.builder import BuiltPipeline, build_pipeline
-from pipelines.vad import SharedVAD, silero_options
+from pipelines.vad import MAX_BUFFERED_SPEECH_S, PREFIX_PADDING_S, SharedVAD, silero_options
 from tests.doubles.audio_io import CapturingAudioOutput, ScriptedAudioInput
 from tests.doubles.fake_llm import FakeLLM, Reply
-from tests.doubles.fake_speech import FakeSTT, FakeTTS
+from tests.doubles.fake_speech import FakeSTT, FakeTTS, STTRequest
 from tests.doubles.wav_fixtures import Clip, synthesize_speech
 from worker.call import Call, CallServices, start_call
 from worker.dispatch import DispatchRequest, mint_dispatch_metadata
@@ -152,14 +153,18 @@ class Tuning:
     markdown filter hold the first token about 20 ms).
     `tts`: `"streaming"` (`StreamingFakeTTS`, like Deepgram) or `"sentence"` (`FakeTTS` behind livekit's
     sentence tokenizer, like OpenAI's TTS).
-    `vad`: `"silero"` (the livekit Silero plugin over the process's ONNX session, as pipelines/vad.py builds
-    it) or `"native"` (what-if: livekit-local-inference's native Silero, `livekit.agents.inference.VAD`, with
-    the same options)."""
+    `stt`: `"streaming"` (`StreamingFakeSTT`, like Deepgram, the example pipelines' first STT) or `"batch"`
+    (`FakeSTT`, like OpenAI's transcription endpoint: livekit runs it behind a second VAD stream and asks it
+    once that VAD has let go of the speech).
+    `vad`: `"native"` (what the worker runs: livekit-local-inference's native Silero, as pipelines/vad.py
+    builds it) or `"plugin"` (for comparison: the ONNX Runtime plugin, `livekit.plugins.silero`, one ONNX
+    session per process and one VAD object per call with the same options)."""
 
     stock: bool = False
     text_transforms: Literal["default", "none"] = "default"
     tts: Literal["streaming", "sentence"] = "streaming"
-    vad: Literal["silero", "native"] = "silero"
+    stt: Literal["streaming", "batch"] = "streaming"
+    vad: Literal["native", "plugin"] = "native"
     aec_warmup: bool = True
     """False sets `aec_warmup_duration=None`: livekit ignores barge-in for the first 3 s of agent speech
     otherwise, which a barge-in script must turn off."""
@@ -171,8 +176,10 @@ class Tuning:
             parts.append("no text transforms")
         if self.tts == "sentence":
             parts.append("sentence TTS")
-        if self.vad == "native":
-            parts.append("native VAD")
+        if self.stt == "batch":
+            parts.append("batch STT")
+        if self.vad == "plugin":
+            parts.append("Silero plugin VAD")
         return ", ".join(parts)
 
 
@@ -288,9 +295,83 @@ class _FakeSynthesizeStream(tts.SynthesizeStream):
         output_emitter.end_segment()
 
 
+# -- the streaming STT double ------------------------------------------------------------------------------
+
+
+class StreamingFakeSTT(stt.STT):
+    """A streaming STT double, as Deepgram (the example catalog's first STT) is: it takes the caller's audio
+    as it streams in and sends each utterance's final transcript `latency_s` after the caller stops speaking.
+    It knows the utterances and when each ended from the scripted caller, so it has no recogniser to run.
+
+    Streaming matters for fidelity: livekit wraps a non-streaming STT in a `StreamAdapter` with a second VAD
+    stream of its own, which a Deepgram pipeline does not run. Requests are recorded as `FakeSTT`'s are."""
+
+    def __init__(self, caller: ScriptedAudioInput, *, latency_s: float = 0.1) -> None:
+        super().__init__(capabilities=stt.STTCapabilities(streaming=True, interim_results=False))
+        self.caller = caller
+        self.latency_s = latency_s
+        self.requests: list[STTRequest] = []
+        self._sent: set[int] = set()
+
+    @property
+    def model(self) -> str:
+        return "fake-streaming-stt"
+
+    @property
+    def provider(self) -> str:
+        return "fake"
+
+    async def _recognize_impl(self, *_: Any, **__: Any) -> stt.SpeechEvent:
+        raise NotImplementedError("StreamingFakeSTT only streams")
+
+    def stream(
+        self, *, language: Any = None, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> _FakeRecognizeStream:
+        return _FakeRecognizeStream(stt=self, conn_options=conn_options)
+
+
+class _FakeRecognizeStream(stt.RecognizeStream):
+    def __init__(self, *, stt: StreamingFakeSTT, conn_options: APIConnectOptions) -> None:
+        super().__init__(stt=stt, conn_options=conn_options)
+        self._fake = stt
+
+    async def _run(self) -> None:
+        transcribe = asyncio.create_task(self._transcribe())
+        try:
+            async for _ in self._input_ch:  # the audio goes to "the provider"; nothing to do with it here
+                pass
+        finally:
+            await utils.aio.cancel_and_wait(transcribe)
+
+    async def _transcribe(self) -> None:
+        fake, caller = self._fake, self._fake.caller
+        index = 0
+        while True:
+            mark = await caller.wait_for_speech_end(index)
+            index += 1
+            if mark.index in fake._sent:  # sent by an earlier stream of this call (a handoff reopens it)
+                continue
+            fake._sent.add(mark.index)
+            assert mark.ended_at is not None
+            request = STTRequest(index=len(fake.requests), requested_at=mark.ended_at, audio_duration=mark.duration)
+            fake.requests.append(request)
+            await asyncio.sleep(max(mark.ended_at + fake.latency_s - time.time(), 0.0))
+            request.transcript = mark.text
+            request.responded_at = time.time()
+            self._event_ch.send_nowait(
+                stt.SpeechEvent(
+                    type=stt.SpeechEventType.FINAL_TRANSCRIPT,
+                    request_id=f"fake-streaming-stt-{request.index}",
+                    alternatives=[stt.SpeechData(language="en", text=mark.text, confidence=1.0)],
+                )
+            )
+
+
 # -- the caller and what the VAD must wait for ------------------------------------------------------------
 
-FRAME_SAMPLES = 160  # the caller's 10 ms frames at 16 kHz
+FRAME_S = AudioInputOptions().frame_size_ms / 1000  # what livekit's room input delivers (50 ms)
+SAMPLE_RATE = 16000
+FRAME_SAMPLES = round(SAMPLE_RATE * FRAME_S)
 VAD_WINDOW = 512  # Silero's inference window at 16 kHz
 VAD_LEAD_S = 1.0
 VAD_TAIL_S = 1.5
@@ -301,7 +382,7 @@ class _Caller(ScriptedAudioInput):
     idle starts at the next frame, so its first sample's index in the stream the VAD sees is known."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(sample_rate=SAMPLE_RATE, frame_s=FRAME_S)
         self.frames_delivered = 0
 
     async def __anext__(self) -> Any:
@@ -316,11 +397,11 @@ class _Caller(ScriptedAudioInput):
         return start
 
 
-VAD_PERIOD = math.lcm(FRAME_SAMPLES, VAD_WINDOW)  # frames and windows line up again every 160 ms
+VAD_PERIOD = math.lcm(FRAME_SAMPLES, VAD_WINDOW)  # frames and windows line up again every 800 ms
 
 
 async def vad_waits(vad: Any, clip: Clip) -> dict[int, float]:
-    """For each alignment of `clip` with the 10 ms frames and Silero's 512-sample windows (its first sample's
+    """For each alignment of `clip` with the caller's frames and Silero's 512-sample windows (its first sample's
     stream index modulo `VAD_PERIOD`; 16 of them): how long after the clip's last sample the VAD reports the
     end of speech, in seconds of audio. This is the endpointing wait that the audio and the VAD's options
     alone decide (minimum silence plus the time Silero's smoothed speech probability takes to fall), free of
@@ -346,9 +427,12 @@ async def vad_waits(vad: Any, clip: Clip) -> dict[int, float]:
         await stream.aclose()
         if not ends:
             return phase, None
-        # the event comes with the frame that completes its window
+        # The event comes with the frame that completes its window, and the caller's end of speech is stamped
+        # when the frame holding the last sample is delivered (the input pads a clip to whole frames): the
+        # wait is the distance between those two frames.
         detected = -(-ends[-1].samples_index // FRAME_SAMPLES) * FRAME_SAMPLES
-        return phase, (detected - lead - len(clip.pcm)) / rate
+        padded_end = lead + -(-len(clip.pcm) // FRAME_SAMPLES) * FRAME_SAMPLES
+        return phase, (detected - padded_end) / rate
 
     results = await asyncio.gather(*(one(phase) for phase in range(0, VAD_PERIOD, FRAME_SAMPLES)))
     return {phase: wait for phase, wait in results if wait is not None}
@@ -365,9 +449,12 @@ class TurnRecord:
     - `endpointing_ms`: what the VAD has to wait for this audio with these options (its minimum silence plus
       the time Silero's speech probability takes to fall), computed offline on the same samples at the same
       window alignment (`vad_waits`), so it is free of any processing delay;
-    - `provider_ms`: the doubles' configured latencies (STT + LLM time to first token + TTS time to first
-      byte);
-    - `overhead_ms`: the rest: what the worker, livekit-agents and the machine's load add.
+    - `provider_ms`: what the doubles' configured latencies add after that wait on the critical path. A
+      batch STT is asked once the VAD has let go; a streaming one has its final transcript `stt` after the
+      end of speech. With preemptive generation (livekit's default, and the pipeline config's) the LLM starts
+      on that final transcript, before the end of the turn is confirmed, and the TTS once it is (livekit's
+      default `preemptive_tts=False`): the first audio can come at max(wait, final + LLM TTFT) + TTS TTFB;
+      without it, at max(wait, final) + LLM TTFT + TTS TTFB;
     `vad_detected_ms` is when the live session's VAD actually reported the end of speech, and `stt_ms`,
     `llm_ttft_ms`, `tts_ttfb_ms` what the doubles measured on this turn's critical path (diagnostics)."""
 
@@ -377,7 +464,11 @@ class TurnRecord:
     vad_phase: int = 0
     first_audio_at: float | None = None
     endpointing_ms: float | None = None
-    provider_ms: float = 0.0
+    configured_stt_ms: float = 0.0
+    configured_llm_ttft_ms: float = 0.0
+    configured_tts_ttfb_ms: float = 0.0
+    stt_streaming: bool = False
+    preemptive_generation: bool = True
     configured_endpointing_ms: float = 0.0
     vad_detected_ms: float | None = None
     stt_ms: float | None = None
@@ -395,22 +486,38 @@ class TurnRecord:
     def total_ms(self) -> float | None:
         return None if self.first_audio_at is None else (self.first_audio_at - self.speech_ended_at) * 1000
 
+    def _providers_after(self, wait_ms: float) -> float:
+        """Provider time on the critical path after an endpointing wait of `wait_ms` (see the class doc)."""
+        final = self.configured_stt_ms if self.stt_streaming else wait_ms + self.configured_stt_ms
+        if self.preemptive_generation:
+            reply = max(wait_ms, final + self.configured_llm_ttft_ms)
+        else:
+            reply = max(wait_ms, final) + self.configured_llm_ttft_ms
+        return reply + self.configured_tts_ttfb_ms - wait_ms
+
+    @property
+    def provider_ms(self) -> float | None:
+        return None if self.endpointing_ms is None else self._providers_after(self.endpointing_ms)
+
     @property
     def overhead_ms(self) -> float | None:
         total, wait = self.total_ms, self.endpointing_ms
-        return None if total is None or wait is None else total - wait - self.provider_ms
+        return None if total is None or wait is None else total - wait - self._providers_after(wait)
 
     @property
     def overhead_nominal_ms(self) -> float | None:
         """The stock baseline's formula: first audio - end of speech - (configured endpointing delay + STT +
         TTFT + TTFB); unlike `overhead_ms` it also counts Silero's lag in letting go of the speech."""
         total = self.total_ms
-        return None if total is None else total - self.configured_endpointing_ms - self.provider_ms
+        if total is None:
+            return None
+        return total - self.configured_endpointing_ms - self._providers_after(self.configured_endpointing_ms)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),
             "total_ms": self.total_ms,
+            "provider_ms": self.provider_ms,
             "overhead_ms": self.overhead_ms,
             "overhead_nominal_ms": self.overhead_nominal_ms,
         }
@@ -464,6 +571,7 @@ class Environment:
         self.speech_cache = speech_cache
         self._clips: dict[str, Clip] = {}
         self._stock_vad: silero.VAD | None = None
+        self._plugin_session: Any = None
         self._vad_waits: dict[tuple[str, Any], dict[int, float]] = {}
 
     @classmethod
@@ -496,12 +604,34 @@ class Environment:
         assert script.agent_id is not None
         return catalog.agents[script.agent_id].active_revision.pipeline
 
-    def call_vad(self, tuning: Tuning, config: VoicePipelineConfig) -> tuple[Any, silero.VAD]:
+    def plugin_vad(self, config: VoicePipelineConfig) -> silero.VAD:
+        """The comparison VAD: the ONNX Runtime plugin, one session per process, one object per call with the
+        options pipelines/vad.py gives the native one (how the worker ran before it moved to the native VAD)."""
+        from livekit.plugins.silero import onnx_model
+        from livekit.plugins.silero.vad import _VADOptions
+
+        if self._plugin_session is None:
+            self._plugin_session = onnx_model.new_inference_session(True)
+        options = silero_options(config)
+        return silero.VAD(
+            session=self._plugin_session,
+            opts=_VADOptions(
+                min_speech_duration=options.min_speech_duration,
+                min_silence_duration=options.min_silence_duration,
+                prefix_padding_duration=PREFIX_PADDING_S,
+                max_buffered_speech=MAX_BUFFERED_SPEECH_S,
+                activation_threshold=options.activation_threshold,
+                deactivation_threshold=options.deactivation_threshold,
+                sample_rate=SAMPLE_RATE,
+            ),
+        )
+
+    def call_vad(self, tuning: Tuning, config: VoicePipelineConfig) -> tuple[Any, Any]:
         """The VAD a call runs with, and a key for its options."""
         if tuning.stock:
             return f"stock {self.stock_vad._opts!r}", self.stock_vad
-        if tuning.vad == "native":
-            return f"native {silero_options(config)!r}", native_vad(config)
+        if tuning.vad == "plugin":
+            return f"plugin {silero_options(config)!r}", self.plugin_vad(config)
         return silero_options(config), self.vad.for_pipeline(config)
 
     def clip(self, text: str) -> Clip:
@@ -516,7 +646,7 @@ class Environment:
         if (text, key) in self._vad_waits:
             return self._vad_waits[(text, key)]
         clip = self.clip(text)
-        digest = hashlib.sha256(clip.pcm.tobytes() + f"{key!r} silero {silero.__version__}".encode()).hexdigest()[:24]
+        digest = hashlib.sha256(clip.pcm.tobytes() + f"{key!r} silero {silero.__version__} frame {FRAME_SAMPLES} v2".encode()).hexdigest()[:24]
         cached = self.speech_cache / f"vad-waits-{digest}.json"
         try:
             waits = {int(k): float(v) for k, v in json.loads(cached.read_text()).items()}
@@ -585,7 +715,11 @@ class _Doubles:
         self.tuning = tuning
         self.caller = _Caller()
         self.speaker = CapturingAudioOutput()
-        self.stt = FakeSTT(self._transcript, latency_s=latencies.stt_s)
+        self.stt: StreamingFakeSTT | FakeSTT = (
+            StreamingFakeSTT(self.caller, latency_s=latencies.stt_s)
+            if tuning.stt == "streaming"
+            else FakeSTT(self._transcript, latency_s=latencies.stt_s)
+        )
         self.llm = FakeLLM(
             self._reply, default_ttft_s=latencies.llm_ttft_s, default_token_interval_s=latencies.llm_token_s
         )
@@ -631,8 +765,8 @@ class _Doubles:
             # providers are swapped for the doubles; the built ones are closed with the call
             self.built = build_pipeline(config, self.env.settings, vad=self.env.vad)
             kwargs = self.built.session_kwargs()
-        if self.tuning.vad == "native" and not self.tuning.stock:
-            kwargs["vad"] = native_vad(config)
+        if self.tuning.vad == "plugin" and not self.tuning.stock:
+            kwargs["vad"] = self.env.plugin_vad(config)
         kwargs.update(stt=self.stt, llm=self.llm, tts=self.tts, session_close_transcript_timeout=0.1)
         if self.tuning.text_transforms == "none":
             kwargs["tts_text_transforms"] = None
@@ -746,7 +880,12 @@ async def _converse(env: Environment, doubles: _Doubles, script: CallScript, rec
             speech_ended_at=ended,
             vad_phase=phase,
             endpointing_ms=waits[phase] * 1000 if phase in waits else None,
-            provider_ms=(latencies.stt_s + latencies.llm_ttft_s + latencies.tts_ttfb_s) * 1000,
+            configured_stt_ms=latencies.stt_s * 1000,
+            configured_llm_ttft_ms=latencies.llm_ttft_s * 1000,
+            configured_tts_ttfb_ms=latencies.tts_ttfb_s * 1000,
+            stt_streaming=isinstance(doubles.stt, StreamingFakeSTT),
+            # livekit's default for the stock pipeline; the config's own for the worker's
+            preemptive_generation=doubles.tuning.stock or config.preemptive_generation,
             configured_endpointing_ms=config.endpointing_min_delay_ms,
         )
         record.turns.append(turn_record)
@@ -791,65 +930,7 @@ def _fill_measured(doubles: _Doubles, record: CallRecord) -> None:
             turn.tts_ttfb_ms = (synth.first_byte_at - opened) * 1000
 
 
-# -- what-ifs and summaries ----------------------------------------------------------------------------------
-
-
-def share_ssl_context() -> None:
-    """What-if for a proposed provider change: one TLS context per process instead of one per client.
-
-    Every `openai.LLM` the worker builds (so every call, for each model of its chain) makes its own httpx
-    client, whose SSL context loads the CA bundle again: about 34 ms of CPU on the event loop per model per
-    call, the biggest part of a call's start. Building the plugins' clients over one process-wide
-    `ssl.SSLContext` (pipelines/providers.py) removes it; this caches httpx's default context, which has the
-    same effect, so the benchmark can show the difference before that change lands."""
-    import functools
-
-    import httpcore2
-    import httpcore2._ssl as ssl_module
-
-    if hasattr(ssl_module.default_ssl_context, "cache_info"):
-        return
-    cached = functools.lru_cache(maxsize=None)(ssl_module.default_ssl_context)
-    ssl_module.default_ssl_context = cached  # type: ignore[assignment]
-    httpcore2.default_ssl_context = cached  # type: ignore[attr-defined]
-
-
-def warm_pipelines(env: Environment) -> None:
-    """What-if for a proposed setup change: build (and close) every catalog pipeline once in the setup
-    function, so the first call of a job process does not pay the first-use imports and caches (anyio,
-    httpcore, truststore: about 80 ms). Synchronous, as livekit's setup function is."""
-    catalog = env.catalog.get()
-    configs = [agent.active_revision.pipeline for agent in catalog.agents.values()]
-    configs += [team.pipeline for team in catalog.teams.values()]
-    built = [build_pipeline(config, env.settings, vad=env.vad) for config in configs]
-
-    async def close() -> None:
-        await asyncio.gather(*(b.aclose() for b in built), return_exceptions=True)
-
-    asyncio.run(close())
-
-
-def native_vad(config: VoicePipelineConfig) -> Any:
-    """What-if for a proposed VAD change: livekit-local-inference's native Silero (one model per process,
-    loaded by livekit's own warm-up in the forkserver) with the options pipelines/vad.py gives the plugin."""
-    from livekit.agents import inference
-
-    options = silero_options(config)
-    return inference.VAD(
-        model="silero",
-        min_speech_duration=options.min_speech_duration,
-        min_silence_duration=options.min_silence_duration,
-        activation_threshold=options.activation_threshold,
-        deactivation_threshold=options.deactivation_threshold,
-    )
-
-
-def freeze_after_setup() -> None:
-    """`gc.freeze()` once the process has imported and loaded everything: the long-lived objects stop being
-    traversed by every collection (the GC pauses the stock baseline saw past 15 calls) and, in a forked job
-    process, stop being written to by the collector."""
-    gc.collect()
-    gc.freeze()
+# -- summaries -----------------------------------------------------------------------------------------------
 
 
 def percentile(values: Sequence[float | None], q: float) -> float | None:

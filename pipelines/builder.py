@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from livekit.agents import llm, stt, tts
+from livekit.agents import vad as agents_vad
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.turn import TurnHandlingOptions
-from livekit.plugins import silero
 
 from catalog.pipeline_config import FallbackConfig, ModelChainEntry, STTEntry, TTSEntry, VoicePipelineConfig
 from pipelines.providers import PROVIDERS, SettingsWithKeys
@@ -48,7 +48,7 @@ class BuiltPipeline:
     stt: stt.STT
     llm: llm.LLM
     tts: tts.TTS
-    vad: silero.VAD
+    vad: agents_vad.VAD
     turn_handling: TurnHandlingOptions
     conn_options: SessionConnectOptions
     user_away_timeout: float | None
@@ -120,10 +120,25 @@ def _build_tts(entry: TTSEntry, config: VoicePipelineConfig, settings: SettingsW
     return builder(entry, api_key=_api_key(entry.provider, settings), speed=config.tts_speed)
 
 
-def _llm_chain(llms: list[llm.LLM], fb: FallbackConfig) -> llm.LLM:
+class OwningFallbackAdapter(llm.FallbackAdapter):
+    """A model chain built on its own (`build_llm`): closing it closes the models it holds, which
+    `llm.FallbackAdapter` leaves to whoever built them (each holds an HTTP client)."""
+
+    def __init__(self, llms: list[llm.LLM], **kwargs: Any) -> None:
+        super().__init__(llms, **kwargs)
+        self._members = list(llms)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await asyncio.gather(*(m.aclose() for m in self._members), return_exceptions=True)
+
+
+def _llm_chain(
+    llms: list[llm.LLM], fb: FallbackConfig, adapter: type[llm.FallbackAdapter] = llm.FallbackAdapter
+) -> llm.LLM:
     if len(llms) == 1:
         return llms[0]
-    return llm.FallbackAdapter(
+    return adapter(
         llms,
         attempt_timeout=fb.llm_attempt_timeout_ms / 1000,
         max_retry_per_llm=fb.max_retry_per_provider,
@@ -132,21 +147,15 @@ def _llm_chain(llms: list[llm.LLM], fb: FallbackConfig) -> llm.LLM:
 
 
 def build_llm(config: VoicePipelineConfig, settings: SettingsWithKeys) -> llm.LLM:
-    """Only the model chain, for text sessions (console, tests): STT and TTS keys are not required.
+    """Only the model chain, for text sessions (console, post-call, tests): STT and TTS keys are not required.
     Pair it with `AgentSession(conn_options=session_connect_options(config))` for the config's timeouts;
-    close it with `aclose_llm`."""
+    `aclose()` on the result closes every model of the chain."""
     problems = [
         p for p in pipeline_problems(config, settings, where="pipeline") if p.field.startswith("pipeline.model_chain")
     ]
     if problems:
         raise PipelineError(problems)
-    return _llm_chain([_build_llm(e, settings) for e in config.model_chain], config.fallback)
-
-
-async def aclose_llm(model: llm.LLM) -> None:
-    """Close what `build_llm` returned: a FallbackAdapter does not close the LLMs it holds."""
-    inner: list[llm.LLM] = list(model._llm_instances) if isinstance(model, llm.FallbackAdapter) else []
-    await asyncio.gather(*(m.aclose() for m in (model, *inner)), return_exceptions=True)
+    return _llm_chain([_build_llm(e, settings) for e in config.model_chain], config.fallback, OwningFallbackAdapter)
 
 
 def build_pipeline(
@@ -154,8 +163,8 @@ def build_pipeline(
 ) -> BuiltPipeline:
     """Raises `PipelineError` for a config with problems (see `pipelines.validate.pipeline_problems`).
 
-    `vad` is the process's `SharedVAD` (loaded in the worker's setup function); None loads a model for
-    this pipeline alone, which suits a one-off process such as the console but not a worker."""
+    `vad` is the process's `SharedVAD` (loaded in the worker's setup function); None loads the model here,
+    which suits a one-off process such as the console; a worker loads it before any caller waits."""
     problems = pipeline_problems(config, settings, where="pipeline")
     if problems:
         raise PipelineError(problems)

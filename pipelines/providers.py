@@ -18,6 +18,7 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConn
 from livekit.plugins import deepgram, openai
 
 from catalog.pipeline_config import ModelChainEntry, STTEntry, TTSEntry
+from pipelines.http_clients import openai_client
 
 Kind = Literal["stt", "llm", "tts"]
 KINDS: tuple[Kind, ...] = ("stt", "llm", "tts")
@@ -50,15 +51,20 @@ class TTSBuilder(Protocol):
 
 
 class OpenAIChatLLM(openai.LLM):
-    """`openai.LLM` whose requests carry the chain entry's own `request_timeout_ms`.
+    """`openai.LLM` over a client of the process's TLS context (pipelines/http_clients.py), whose requests
+    carry the chain entry's own `request_timeout_ms`.
 
     AgentSession and `llm.FallbackAdapter` hand every LLM one timeout in `conn_options`, and the plugin
     turns exactly that value into the request's httpx timeout (a client-level timeout is overridden),
     so a per-entry timeout has to replace it on the way in.
     """
 
-    def __init__(self, *, request_timeout_s: float | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self, *, api_key: str, base_url: str | None, request_timeout_s: float | None = None, **kwargs: Any
+    ) -> None:
+        # the plugin closes only a client it made itself; this one is ours to close
+        self._http = openai_client(api_key=api_key, base_url=base_url)
+        super().__init__(client=self._http, **kwargs)
         self._request_timeout_s = request_timeout_s
 
     @property
@@ -71,6 +77,35 @@ class OpenAIChatLLM(openai.LLM):
         if self._request_timeout_s is not None:
             conn_options = dataclasses.replace(conn_options, timeout=self._request_timeout_s)
         return super().chat(conn_options=conn_options, **kwargs)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self._http.close()
+
+
+class OpenAISTT(openai.STT):
+    """`openai.STT` over a client of the process's TLS context, closed with it (the plugin never closes
+    its HTTP client)."""
+
+    def __init__(self, *, api_key: str, base_url: str | None, **kwargs: Any) -> None:
+        self._http = openai_client(api_key=api_key, base_url=base_url)
+        super().__init__(client=self._http, **kwargs)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self._http.close()
+
+
+class OpenAITTS(openai.TTS):
+    """`openai.TTS` over a client of the process's TLS context, closed with it."""
+
+    def __init__(self, *, api_key: str, base_url: str | None, **kwargs: Any) -> None:
+        self._http = openai_client(api_key=api_key, base_url=base_url)
+        super().__init__(client=self._http, **kwargs)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self._http.close()
 
 
 def _given(value: Any) -> Any:
@@ -92,7 +127,7 @@ def _openai_llm(max_tokens_field: Literal["max_completion_tokens", "max_tokens"]
             request_timeout_s=cfg.request_timeout_ms / 1000 if cfg.request_timeout_ms is not None else None,
             model=entry.model,
             api_key=api_key,
-            base_url=_given(entry.base_url),
+            base_url=entry.base_url,
             temperature=_given(cfg.temperature),
             top_p=_given(cfg.top_p),
             **kwargs,
@@ -103,27 +138,19 @@ def _openai_llm(max_tokens_field: Literal["max_completion_tokens", "max_tokens"]
 
 def _openai_stt(entry: STTEntry, *, api_key: str, language: str | None) -> stt.STT:
     if language is None:
-        return openai.STT(
-            model=entry.model or OPENAI_STT_MODEL,
-            detect_language=True,
-            api_key=api_key,
-            base_url=_given(entry.base_url),
+        return OpenAISTT(
+            model=entry.model or OPENAI_STT_MODEL, detect_language=True, api_key=api_key, base_url=entry.base_url
         )
-    return openai.STT(
-        model=entry.model or OPENAI_STT_MODEL,
-        language=language,
-        api_key=api_key,
-        base_url=_given(entry.base_url),
-    )
+    return OpenAISTT(model=entry.model or OPENAI_STT_MODEL, language=language, api_key=api_key, base_url=entry.base_url)
 
 
 def _openai_tts(entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS:
-    return openai.TTS(
+    return OpenAITTS(
         model=entry.model or OPENAI_TTS_MODEL,
         voice=entry.voice_id or OPENAI_TTS_VOICE,
         speed=speed,
         api_key=api_key,
-        base_url=_given(entry.base_url),
+        base_url=entry.base_url,
     )
 
 

@@ -1,11 +1,14 @@
-"""Silero VAD: the ONNX model loaded once per process, one `silero.VAD` object per call on top of it.
+"""Silero VAD: livekit's native Silero (livekit-local-inference) loaded once per process, one VAD object per call.
 
-`silero.VAD.load()` opens a new ONNX Runtime session each time. A `silero.VAD` is only a holder of that
-session plus options; every stream it opens gets its own `OnnxModel` (the recurrent state), and ONNX
-Runtime allows concurrent `run()` calls on one session, so calls can share the session and still keep
-their own thresholds. One VAD object per call (not one shared object) matters too: every AgentSession
-subscribes to its VAD's metrics events, and a shared VAD fans each call's events out to every session
-in the process (see /work/shared/notes/baseline-stock-livekit-agents.md).
+`livekit.agents.inference.VAD` runs Silero in livekit-local-inference's native library: the model is a
+process-wide singleton (livekit's own warm-up loads it in the forkserver and in a thread executor's process),
+and every stream keeps its own recurrent state and runs inference on a worker thread of its own, off the
+event loop. It costs less CPU per call than the ONNX Runtime plugin (`livekit.plugins.silero`); the density
+benchmark (`--variant tuned_plugin_vad`) measures the difference.
+
+One VAD object per call (not one shared object) matters: every AgentSession subscribes to its VAD's metrics
+events, and a shared VAD fans each call's events out to every session in the process (see
+/work/shared/notes/baseline-stock-livekit-agents.md). Each call's object also carries its own thresholds.
 
 Mapping of the platform's `LocalVADParams` (docs/pipeline-config.md):
 - confidence  -> activation_threshold (deactivation stays livekit's activation - 0.15, the hysteresis
@@ -19,15 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import onnxruntime  # type: ignore[import-untyped]
-from livekit.plugins import silero
-from livekit.plugins.silero import onnx_model
-from livekit.plugins.silero.vad import _VADOptions
+from livekit import local_inference
+from livekit.agents import inference
 
 from catalog.pipeline_config import VoicePipelineConfig
 from pipelines.turn_handling import vad_min_silence_s
 
-SAMPLE_RATE = 16000
 # livekit's defaults for what the config does not say
 PREFIX_PADDING_S = 0.5
 MAX_BUFFERED_SPEECH_S = 60.0
@@ -55,32 +55,23 @@ def silero_options(config: VoicePipelineConfig) -> SileroOptions:
 class SharedVAD:
     """Call `SharedVAD.load()` in the worker's setup function; `for_pipeline()` once per call."""
 
-    def __init__(self, session: onnxruntime.InferenceSession) -> None:
-        self._session = session
-
     @classmethod
-    def load(cls, *, force_cpu: bool = True) -> SharedVAD:
-        return cls(onnx_model.new_inference_session(force_cpu))
+    def load(cls) -> SharedVAD:
+        # a no-op when livekit's warm-up has loaded the model already; otherwise the ~25 ms load happens here,
+        # in the setup function, not in a caller's first turn
+        local_inference.init_vad()
+        return cls()
 
-    @property
-    def onnx_session(self) -> onnxruntime.InferenceSession:
-        return self._session
-
-    def for_pipeline(self, config: VoicePipelineConfig) -> silero.VAD:
+    def for_pipeline(self, config: VoicePipelineConfig) -> inference.VAD:
         return self.make(silero_options(config))
 
-    def make(self, options: SileroOptions) -> silero.VAD:
-        # `silero.VAD(session=, opts=)` is the constructor `VAD.load()` itself ends with; building it
-        # directly is the only way to reuse a session.
-        return silero.VAD(
-            session=self._session,
-            opts=_VADOptions(
-                min_speech_duration=options.min_speech_duration,
-                min_silence_duration=options.min_silence_duration,
-                prefix_padding_duration=PREFIX_PADDING_S,
-                max_buffered_speech=MAX_BUFFERED_SPEECH_S,
-                activation_threshold=options.activation_threshold,
-                deactivation_threshold=options.deactivation_threshold,
-                sample_rate=SAMPLE_RATE,
-            ),
+    def make(self, options: SileroOptions) -> inference.VAD:
+        return inference.VAD(
+            model="silero",
+            min_speech_duration=options.min_speech_duration,
+            min_silence_duration=options.min_silence_duration,
+            prefix_padding_duration=PREFIX_PADDING_S,
+            max_buffered_speech=MAX_BUFFERED_SPEECH_S,
+            activation_threshold=options.activation_threshold,
+            deactivation_threshold=options.deactivation_threshold,
         )

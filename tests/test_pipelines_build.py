@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 from livekit.agents import AgentSession, inference, llm, stt, tts
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS
-from livekit.plugins import deepgram, openai, silero
+from livekit.plugins import deepgram, openai
 
 from catalog.loader import load_catalog
 from catalog.pipeline_config import ModelChainEntry, STTEntry, TTSEntry, VoicePipelineConfig
 from pipelines.builder import (
     BuiltPipeline,
     PipelineError,
-    aclose_llm,
     build_llm,
     build_pipeline,
     effective_pipeline,
@@ -114,7 +113,7 @@ async def test_support_agent_builds_fallback_chains_in_order(catalog, built) -> 
     assert pipeline.conn_options.llm_conn_options.timeout == 4.0
     assert pipeline.conn_options.stt_conn_options.timeout == 8.0
 
-    assert isinstance(pipeline.vad, silero.VAD)
+    assert isinstance(pipeline.vad, inference.VAD)
     opts = pipeline.vad._opts
     assert opts.activation_threshold == 0.6
     assert opts.deactivation_threshold == pytest.approx(0.45)
@@ -201,13 +200,15 @@ async def test_session_kwargs_build_an_agent_session(catalog, built) -> None:
     assert session.conn_options.llm_conn_options.timeout == 4.0
 
 
-async def test_each_call_gets_its_own_vad_sharing_one_onnx_session(catalog, built, shared_vad) -> None:
+async def test_each_call_gets_its_own_vad_over_the_native_model(catalog, built) -> None:
     config = catalog.agents[SUPPORT].active_revision.pipeline
     first, second = built(config), built(config)
+    assert isinstance(first.vad, inference.VAD) and first.vad.model == "silero"
     assert first.vad is not second.vad
-    assert first.vad._onnx_session is second.vad._onnx_session is shared_vad.onnx_session
-    first.vad.update_options(activation_threshold=0.9)
-    assert second.vad._opts.activation_threshold == 0.6
+    # one call's VAD options are its own
+    first.vad.update_options(min_silence_duration=0.9)
+    assert first.vad.min_silence_duration == 0.9
+    assert second.vad.min_silence_duration == 0.4
 
 
 async def test_turn_detector_mode_uses_the_offline_model(built) -> None:
@@ -325,12 +326,15 @@ async def test_build_llm_needs_only_the_model_chain_keys(catalog, monkeypatch) -
     # sales: Deepgram STT and TTS, whose key is missing here, do not matter for a text session
     config = catalog.agents[SALES].active_revision.pipeline
     model = build_llm(config, Settings(_env_file=None, OPENAI_API_KEY="sk-test-openai"))
+    members = list(model._llm_instances)
     try:
         assert isinstance(model, llm.FallbackAdapter)
-        assert [m.model for m in model._llm_instances] == ["llama3.2:3b", "gpt-4.1-mini"]
+        assert [m.model for m in members] == ["llama3.2:3b", "gpt-4.1-mini"]
         assert session_connect_options(config).llm_conn_options.timeout == 5.0
     finally:
-        await aclose_llm(model)
+        await model.aclose()
+    # closing the chain closes every model's HTTP client (post-call builds one chain per call)
+    assert all(m._http.is_closed() for m in members)
     with pytest.raises(PipelineError) as err:
         build_llm(config, Settings(_env_file=None))
     assert [p.field for p in err.value.problems] == ["pipeline.model_chain[1].provider"]
@@ -339,7 +343,20 @@ async def test_build_llm_needs_only_the_model_chain_keys(catalog, monkeypatch) -
 async def test_without_a_shared_vad_the_pipeline_loads_its_own(catalog, settings) -> None:
     pipeline = build_pipeline(_llm_on_localhost(catalog.teams[TEAM].pipeline), settings, vad=None)
     try:
-        assert isinstance(pipeline.vad, silero.VAD)
-        assert pipeline.vad._opts.min_silence_duration == 0.45
+        assert isinstance(pipeline.vad, inference.VAD)
+        assert pipeline.vad.min_silence_duration == 0.45
     finally:
         await pipeline.aclose()
+
+
+async def test_provider_clients_share_one_tls_context_and_close_with_the_pipeline(catalog, settings, shared_vad) -> None:
+    from pipelines.http_clients import tls_context
+
+    # support: Deepgram and OpenAI STT, two OpenAI LLMs, OpenAI and Deepgram TTS
+    pipeline = build_pipeline(catalog.agents[SUPPORT].active_revision.pipeline, settings, vad=shared_vad)
+    clients = [p._http for p in pipeline.providers if hasattr(p, "_http")]
+    assert len(clients) == 4
+    contexts = {id(c._client._transport._pool._ssl_context) for c in clients}
+    assert contexts == {id(tls_context())}
+    await pipeline.aclose()
+    assert all(c.is_closed() for c in clients)

@@ -1,5 +1,5 @@
-"""LocalVADParams -> Silero options, the endpointing rule for the VAD's minimum silence, and one ONNX
-session serving several calls' VADs with their own thresholds."""
+"""LocalVADParams -> Silero options, the endpointing rule for the VAD's minimum silence, and the process's
+one native Silero model serving several calls' VADs with their own thresholds."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from livekit import rtc
+from livekit.agents import inference
 from livekit.agents import vad as agents_vad
 
 from catalog.pipeline_config import VoicePipelineConfig
@@ -83,7 +84,7 @@ async def _speech_starts(vad: agents_vad.VAD, frames: list[rtc.AudioFrame]) -> i
     return starts
 
 
-async def test_one_onnx_session_serves_calls_with_their_own_thresholds(tmp_path: Path) -> None:
+async def test_one_model_serves_calls_with_their_own_thresholds(tmp_path: Path) -> None:
     require_espeak()
     clip = synthesize_speech("Hello, I am calling about my invoice.", cache_dir=tmp_path)
     frames = _frames(np.concatenate([np.zeros(8000, np.int16), clip.pcm, np.zeros(16000, np.int16)]), 16000)
@@ -92,7 +93,8 @@ async def test_one_onnx_session_serves_calls_with_their_own_thresholds(tmp_path:
     listening = shared.for_pipeline(VoicePipelineConfig(local_vad_params={"confidence": 0.5}))
     # a threshold no speech probability reaches: this call's VAD must hear nothing
     deaf = shared.for_pipeline(VoicePipelineConfig(local_vad_params={"confidence": 1.0}))
-    assert listening._onnx_session is deaf._onnx_session is shared.onnx_session
+    assert isinstance(listening, inference.VAD) and isinstance(deaf, inference.VAD)
+    assert listening is not deaf
 
     heard, not_heard = await asyncio.gather(_speech_starts(listening, frames), _speech_starts(deaf, frames))
     assert heard >= 1

@@ -69,3 +69,20 @@ def test_env_example_lists_every_setting():
     listed = {line.lstrip("# ").split("=", 1)[0] for line in example.splitlines() if "=" in line}
     aliases = {field.validation_alias for field in Settings.model_fields.values()}
     assert aliases - listed == set(), f"settings missing from .env.example: {sorted(aliases - listed)}"
+
+
+def test_call_capacity_follows_the_executor_unless_set():
+    from worker.settings import DEFAULT_WORKER_CALL_CAPACITY
+
+    assert make().job_executor == "process"
+    assert make().call_capacity == DEFAULT_WORKER_CALL_CAPACITY["process"]
+    assert make(JOB_EXECUTOR="thread").call_capacity == DEFAULT_WORKER_CALL_CAPACITY["thread"]
+    assert make(JOB_EXECUTOR="thread", WORKER_CALL_CAPACITY="12").call_capacity == 12
+
+
+def test_an_unknown_executor_is_refused_by_name():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        make(JOB_EXECUTOR="fiber")
+    assert "JOB_EXECUTOR" in str(err.value) and "'process' or 'thread'" in str(err.value)

@@ -88,7 +88,7 @@ async def server(
         session_entrypoint=idle_entrypoint,
         job_executor_type=JobExecutorType.THREAD,
         num_idle_processes=0,
-        load_fnc=CallLoad(settings.worker_call_capacity, cpu=lambda: 0.0),
+        load_fnc=CallLoad(settings.call_capacity, cpu=lambda: 0.0),
     )
     # production mode: the load threshold applies (a dev worker never reports itself full)
     task = asyncio.create_task(worker.run(devmode=False))
@@ -147,3 +147,13 @@ async def test_load_rises_with_calls_and_the_worker_reports_full_above_the_thres
     await lk.terminate_job(first)
     again = await status_with(lk, 1)
     assert (again.status, again.load) == ("WS_AVAILABLE", pytest.approx(0.5))
+
+
+@pytest.mark.parametrize("executor", ["process", "thread"])
+def test_the_executor_setting_and_its_capacity_reach_livekit(executor: str):
+    settings = Settings(
+        _env_file=None, VOICE_WORKER_MODE="dev", JOB_EXECUTOR=executor, HEALTH_HOST="127.0.0.1", HEALTH_PORT=0
+    )
+    server = create_server(settings)
+    assert server._job_executor_type is JobExecutorType(executor)
+    assert isinstance(server.load_fnc, CallLoad) and server.load_fnc.capacity == settings.call_capacity

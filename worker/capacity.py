@@ -85,7 +85,7 @@ class CallLoad:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CallLoad:
-        return cls(settings.worker_call_capacity)
+        return cls(settings.call_capacity)
 
     def __call__(self, server: _HasActiveJobs) -> float:
         return blended_load(len(server.active_jobs), self.capacity, self._cpu())

@@ -17,7 +17,8 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from livekit.agents import AgentServer, JobContext, JobProcess, JobRequest
+from aiohttp import web
+from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, JobRequest
 from livekit.agents.worker import ServerEnvOption
 
 from catalog.loader import CatalogStore
@@ -112,12 +113,14 @@ class DispatchGate:
 
 
 def setup_process(proc: JobProcess) -> None:
-    """Once per job process: load the VAD model, the catalog and the store, so no call waits for them."""
-    from worker.services import build_process_services
+    """Once per job executor (a process, or a thread with JOB_EXECUTOR=thread): load the VAD model, the catalog
+    and the store and prebuild the pipelines, so no call waits for them (worker/services.py)."""
+    from worker.services import build_process_services, freeze_once
 
     # this process's log records carry the call's ids (worker/logcontext.py)
     logcontext.install()
     proc.userdata["services"] = build_process_services(get_settings())
+    freeze_once()
 
 
 async def entrypoint(ctx: JobContext) -> None:
@@ -165,16 +168,52 @@ class VoiceWorkerServer(AgentServer):
       CLI calls after the drain: by then every job has ended and queued its webhook;
     - the call-context log filter on this process's handlers (the thread executor runs calls here too);
     - the offers livekit refuses by itself (draining, at capacity) counted with the gate's refusals;
-    - in multiprocess metrics mode, the files of each ended job process folded away (worker/metrics.py).
+    - in multiprocess metrics mode, the files of each ended job process folded away (worker/metrics.py);
+    - `GET /ready` on the health port: 200 once registered with LiveKit, 503 (with the reason) while it is
+      connecting or reconnecting, or draining. livekit's `GET /` stays OK while LiveKit is unreachable (the
+      worker retries forever, so a restart would not help: right for liveness); readiness tells a rollout
+      whether this pod really takes calls.
     """
 
     def __init__(
         self, *, outbox: OutboxLoop | None = None, metrics_endpoint: MetricsEndpoint | None = None, **options: Any
     ) -> None:
+        self._health_server: Any = None
         super().__init__(**options)
         self._outbox = outbox
         self.metrics_endpoint = metrics_endpoint
+        self._registered = False
         self.on("worker_started", self._on_worker_started)
+        self.on("worker_registered", self._on_registered)
+
+    # livekit builds its health server inside `run()` and starts it before anything else runs, so the route is
+    # added as livekit stores it (tests/test_worker_readiness.py fails if livekit stops storing it there)
+    @property
+    def _http_server(self) -> Any:
+        return self._health_server
+
+    @_http_server.setter
+    def _http_server(self, server: Any) -> None:
+        self._health_server = server
+        if server is not None:
+            server.app.add_routes([web.get("/ready", self._ready)])
+
+    def _on_registered(self, *_: Any) -> None:
+        self._registered = True
+
+    def readiness(self) -> str | None:
+        """None when ready to take calls, otherwise why not."""
+        if self.draining:
+            return "draining"
+        if not self._registered:
+            return "not registered with LiveKit yet"
+        if getattr(self, "_connecting", False):
+            return "reconnecting to LiveKit"
+        return None
+
+    async def _ready(self, _request: web.Request) -> web.Response:
+        reason = self.readiness()
+        return web.Response(text="ready") if reason is None else web.Response(status=503, text=reason)
 
     async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
         if self.metrics_endpoint is not None:
@@ -240,6 +279,10 @@ def create_server(
         # livekit's convention: a dev worker never reports itself full
         "load_threshold": ServerEnvOption(dev_default=math.inf, prod_default=settings.load_threshold),
         "drain_timeout": settings.drain_timeout_s,
+        "job_executor_type": JobExecutorType(settings.job_executor),
+        # the setup function loads the VAD and the catalog and prebuilds every pipeline (worker/services.py);
+        # on a busy machine that takes longer than livekit's 10 s default
+        "initialize_process_timeout": 60.0,
     }
     options.update(server_options)
     endpoint = MetricsEndpoint(settings.health_host, settings.metrics_port) if settings.metrics_port else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,8 +27,11 @@ _PLACEHOLDERS = {"", "changeme", "change-me", "changethis", "secret", "devkey", 
 _MIN_SIGNING_SECRET_LEN = 32
 
 DEFAULT_PROMETHEUS_PORT = 9100
-# Calls per worker before latency degrades; the density benchmark (benchmarks/density.py) is where it comes from.
-DEFAULT_WORKER_CALL_CAPACITY = 25
+# Concurrent calls one worker holds before its turn latency degrades, by JOB_EXECUTOR: the density benchmark's
+# "calls held" on a 2-core machine (benchmarks/density.py, README "Performance"). A thread-executor worker is
+# one process, bound by the GIL to about one core whatever the machine; a process-executor worker spreads its
+# calls over every core of its machine (the CPU term of the load covers machines unlike the benchmark's).
+DEFAULT_WORKER_CALL_CAPACITY = {"thread": 20, "process": 25}
 
 
 class Mode(StrEnum):
@@ -84,10 +88,13 @@ class Settings(BaseSettings):
     # --- fleet operations: metrics, capacity, drain (worker/metrics.py, worker/capacity.py) ---
     # Unset: 9100 in production, off in dev (a laptop or a test run need no fixed port); 0 turns it off.
     prometheus_port: int | None = Field(None, ge=0, le=65535, validation_alias="PROMETHEUS_PORT")
-    # Concurrent calls one worker process tree serves before latency degrades (benchmarks/density.py).
-    worker_call_capacity: int = Field(
-        DEFAULT_WORKER_CALL_CAPACITY, ge=1, le=10_000, validation_alias="WORKER_CALL_CAPACITY"
-    )
+    # Concurrent calls one worker serves before latency degrades; unset: DEFAULT_WORKER_CALL_CAPACITY for the
+    # executor (see `call_capacity`).
+    worker_call_capacity: int | None = Field(None, ge=1, le=10_000, validation_alias="WORKER_CALL_CAPACITY")
+    # How a worker runs its calls (docs/operations.md, "Executor and density"): "process" gives every call a
+    # process of its own (livekit's default: a crash ends one call; ~90 MB per call); "thread" runs every call
+    # as a thread of the worker process, sharing its models (~3 MB per call; a crash ends the worker's calls).
+    job_executor: Literal["process", "thread"] = Field("process", validation_alias="JOB_EXECUTOR")
     # LiveKit offers no new calls once the load (see worker/capacity.py) reaches this fraction.
     load_threshold: float = Field(0.7, gt=0, le=1, validation_alias="LOAD_THRESHOLD")
     # SIGTERM: how long active calls may run on before they are ended.
@@ -111,6 +118,11 @@ class Settings(BaseSettings):
         if self.prometheus_port is None and self.mode is Mode.PRODUCTION:
             self.prometheus_port = DEFAULT_PROMETHEUS_PORT
         return self
+
+    @property
+    def call_capacity(self) -> int:
+        """WORKER_CALL_CAPACITY, or the density benchmark's figure for the executor."""
+        return self.worker_call_capacity or DEFAULT_WORKER_CALL_CAPACITY[self.job_executor]
 
     @property
     def metrics_port(self) -> int | None:

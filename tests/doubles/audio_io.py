@@ -1,6 +1,7 @@
 """Audio I/O for an AgentSession started without a room.
 
-`ScriptedAudioInput` plays the caller: it yields 10 ms mono frames on a real-time schedule from
+`ScriptedAudioInput` plays the caller: it yields mono frames (10 ms unless told; livekit's room input
+delivers 50 ms) on a real-time schedule from
 queued clips and pauses, and an open line (silence) whenever nothing is queued, the way a phone
 microphone keeps sending audio. It stamps when each speech span's first and last frames were
 delivered; the last one is the caller's end of speech.
@@ -33,7 +34,7 @@ from .wav_fixtures import Clip, silence
 
 __all__ = ["CapturingAudioOutput", "PlayoutSegment", "ScriptedAudioInput", "SpeechMark"]
 
-FRAME_S = 0.01
+FRAME_S = 0.01  # default frame length
 
 
 class _Waiters:
@@ -87,14 +88,18 @@ class ScriptedAudioInput(io.AudioInput):
         *,
         sample_rate: int = 16000,
         speed: float = 1.0,
+        frame_s: float = FRAME_S,
         label: str = "ScriptedAudioInput",
     ) -> None:
         super().__init__(label=label)
         if speed <= 0:
             raise ValueError("speed must be positive")
+        if frame_s <= 0:
+            raise ValueError("frame_s must be positive")
         self.sample_rate = sample_rate
         self.speed = speed
-        self._frame_samples = round(sample_rate * FRAME_S)
+        self.frame_s = frame_s
+        self._frame_samples = round(sample_rate * frame_s)
         self._chunks: deque[tuple[int, np.ndarray]] = deque()
         self._spans: list[_Span] = []
         self._queue_end = 0
@@ -163,7 +168,7 @@ class ScriptedAudioInput(io.AudioInput):
         if self._t0 is None:
             self._t0 = now
         # an absolute schedule, so a late consumer catches up instead of drifting
-        due = self._t0 + self._frames_out * FRAME_S / self.speed
+        due = self._t0 + self._frames_out * self.frame_s / self.speed
         if due > now:
             await asyncio.sleep(due - now)
         if self._closed:

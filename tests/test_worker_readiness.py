@@ -1,0 +1,97 @@
+"""Readiness on the health port: `GET /ready` answers 200 only once the worker is registered with LiveKit, while
+livekit's `GET /` (liveness) stays OK before that. The real AgentServer, against the LiveKit protocol double
+and against a port where nothing listens."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+
+from tests.doubles.livekit_server import LiveKitServerDouble
+from worker.server import VoiceWorkerServer, create_server
+from worker.settings import Settings
+
+API_KEY, API_SECRET = "devkey", "readiness-test-livekit-secret-0123456789ab"
+TIMEOUT = 10.0
+
+
+@pytest.fixture(autouse=True)
+def restore_environ() -> Iterator[None]:
+    # AgentServer.run() exports LIVEKIT_URL/API_KEY/API_SECRET into os.environ
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server(livekit_url: str) -> VoiceWorkerServer:
+    settings = Settings(
+        _env_file=None,
+        VOICE_WORKER_MODE="dev",
+        LIVEKIT_URL=livekit_url,
+        LIVEKIT_API_KEY=API_KEY,
+        LIVEKIT_API_SECRET=API_SECRET,
+        HEALTH_HOST="127.0.0.1",
+        HEALTH_PORT=0,
+    )
+    # no idle job processes: readiness is the main process's business
+    return create_server(settings, num_idle_processes=0)
+
+
+async def _get(server: VoiceWorkerServer, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{server._http_server.port}{path}") as response:
+            return response.status, await response.text()
+
+
+async def _until(predicate, what: str) -> None:  # noqa: ANN001
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[tuple[VoiceWorkerServer, LiveKitServerDouble]]:
+    async with LiveKitServerDouble(api_key=API_KEY, api_secret=API_SECRET) as lk:
+        server = _server(lk.url)
+        task = asyncio.create_task(server.run(devmode=True))
+        try:
+            yield server, lk
+        finally:
+            await asyncio.wait_for(server.aclose(), TIMEOUT)
+            await asyncio.wait_for(task, TIMEOUT)
+
+
+async def test_ready_once_registered(running: tuple[VoiceWorkerServer, LiveKitServerDouble]) -> None:
+    server, lk = running
+    await lk.wait_registered(timeout=TIMEOUT)
+    await _until(lambda: server.readiness() is None, "readiness after registration")
+    assert await _get(server, "/ready") == (200, "ready")
+    assert (await _get(server, "/"))[0] == 200
+
+
+async def test_not_ready_while_livekit_is_unreachable_but_alive() -> None:
+    server = _server(f"ws://127.0.0.1:{_closed_port()}")
+    task = asyncio.create_task(server.run(devmode=True))
+    try:
+        await _until(lambda: server._http_server is not None and server._http_server.port, "the health server")
+        await asyncio.sleep(0.5)  # a connection attempt or two have failed by now
+        assert await _get(server, "/ready") == (503, "not registered with LiveKit yet")
+        # liveness: the process is fine, it keeps retrying; restarting it would not help
+        assert (await _get(server, "/"))[0] == 200
+    finally:
+        await asyncio.wait_for(server.aclose(), TIMEOUT)
+        await asyncio.wait_for(task, TIMEOUT)

@@ -1,0 +1,46 @@
+"""What a job executor's setup function builds (worker/services.py): one VAD model and one catalog per process,
+every catalog pipeline prebuilt (a pipeline this worker cannot build is skipped, not fatal), and the collector
+frozen once."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+from worker.services import freeze_once, prebuild_pipelines, process_catalog, process_vad
+from worker.settings import Settings
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "catalog" / "examples"
+
+
+def test_the_vad_model_and_the_catalog_are_per_process() -> None:
+    assert process_vad() is process_vad()
+    assert process_catalog(EXAMPLES) is process_catalog(EXAMPLES)
+
+
+def test_every_distinct_catalog_pipeline_is_prebuilt() -> None:
+    catalog = process_catalog(EXAMPLES)
+    keys = Settings(_env_file=None, OPENAI_API_KEY="sk-test-not-real", DEEPGRAM_API_KEY="dg-test-not-real")
+    current = catalog.get()
+    distinct = {a.active_revision.pipeline.model_dump_json() for a in current.agents.values()} | {
+        t.pipeline.model_dump_json() for t in current.teams.values()
+    }
+    assert prebuild_pipelines(catalog, keys, process_vad()) == len(distinct) >= 3
+
+
+def test_a_pipeline_without_its_keys_is_skipped(monkeypatch) -> None:  # noqa: ANN001
+    for env in ("OPENAI_API_KEY", "DEEPGRAM_API_KEY", "OPENAI_COMPATIBLE_API_KEY"):
+        monkeypatch.delenv(env, raising=False)
+    # every example pipeline names Deepgram or OpenAI: without keys none can be built, and setup goes on
+    assert prebuild_pipelines(process_catalog(EXAMPLES), Settings(_env_file=None), process_vad()) == 0
+
+
+async def test_prebuilding_from_async_code_closes_what_it_built() -> None:
+    keys = Settings(_env_file=None, OPENAI_API_KEY="sk-test-not-real", DEEPGRAM_API_KEY="dg-test-not-real")
+    assert prebuild_pipelines(process_catalog(EXAMPLES), keys, process_vad()) >= 3
+
+
+def test_the_collector_is_frozen_once() -> None:
+    freeze_once()
+    assert gc.get_freeze_count() > 0
+    assert freeze_once() is False
