@@ -17,9 +17,10 @@ Per call the simulator records when `start_call` was entered and when the greeti
 (`CallRecord.call_start_ms` takes the TTS double's latency off), the transcript, and per turn the end of the
 caller's speech and the agent's first audio, split three ways (`TurnRecord`):
 - endpointing wait: what the VAD has to wait for this audio with the call's options (the minimum silence the
-  endpointing rule sets, plus the time Silero's speech probability takes to fall), computed offline from the
-  same samples at the same alignment with Silero's windows (`vad_waits`), so that no processing delay hides
-  in it;
+  endpointing rule sets, plus the time Silero's speech probability takes to fall), free of any processing
+  delay: after the call, the call's own VAD stream (every frame it was fed) is replayed through a fresh VAD
+  with the same options (`_Doubles.exact_waits`); stock livekit's shared VAD, which cannot be replayed per
+  call, uses an offline table of the same clip at the same window alignment (`vad_waits`), right to a frame;
 - provider time: the doubles' configured latencies (STT + LLM time to first token + TTS time to first byte);
 - overhead: the rest, which is what the worker, livekit-agents and the machine's load add.
 `TurnRecord.overhead_nominal_ms` judges the same turn against the configured endpointing delay instead (the
@@ -379,19 +380,29 @@ VAD_TAIL_S = 1.5
 
 class _Caller(ScriptedAudioInput):
     """The scripted caller, also counting the frames it has delivered: an utterance queued while the line is
-    idle starts at the next frame, so its first sample's index in the stream the VAD sees is known."""
+    idle starts at the next frame, so its first sample's index in the caller's stream is known. It remembers
+    the index of its recent frames, so that the VAD's stream (which starts a few frames later, when the session
+    starts listening) can be lined up with it (`_Doubles.vad_offset`)."""
 
     def __init__(self) -> None:
         super().__init__(sample_rate=SAMPLE_RATE, frame_s=FRAME_S)
         self.frames_delivered = 0
+        self._recent: dict[int, int] = {}
 
     async def __anext__(self) -> Any:
         frame = await super().__anext__()
+        self._recent[id(frame)] = self.frames_delivered * FRAME_SAMPLES
+        if len(self._recent) > 64:  # frames in flight are a handful; ids of freed frames get reused
+            del self._recent[next(iter(self._recent))]
         self.frames_delivered += 1
         return frame
 
+    def index_of(self, frame: Any) -> int | None:
+        """The caller-stream index of a recent frame's first sample."""
+        return self._recent.get(id(frame))
+
     def speak(self, clip: Clip) -> int:
-        """Queue `clip` (the line must be idle); returns the stream index of its first sample."""
+        """Queue `clip` (the line must be idle); returns the caller-stream index of its first sample."""
         start = self.frames_delivered * FRAME_SAMPLES
         self.enqueue(clip)
         return start
@@ -462,8 +473,14 @@ class TurnRecord:
     says: str
     speech_ended_at: float
     vad_phase: int = 0
+    clip_start: int | None = None
+    clip_end: int | None = None
+    """The utterance's first sample and the end of its last frame, as indexes of the caller's stream."""
     first_audio_at: float | None = None
     endpointing_ms: float | None = None
+    endpointing_exact: bool = False
+    """`endpointing_ms` comes from replaying the call's own VAD stream (`_Doubles.exact_waits`), not from the
+    offline table."""
     configured_stt_ms: float = 0.0
     configured_llm_ttft_ms: float = 0.0
     configured_tts_ttfb_ms: float = 0.0
@@ -706,6 +723,50 @@ def normalize(text: str) -> str:
     return " ".join(re.sub(r"[^\w']+", " ", text.lower()).split())
 
 
+@dataclass
+class VadFeed:
+    """What one VAD stream of a call was fed: its frames, and the caller-stream index of the first sample."""
+
+    frames: list[rtc.AudioFrame] = field(default_factory=list)
+    first_index: int | None = None
+    samples: int = 0
+    """How many samples of the caller's, in order from `first_index`, the frames hold."""
+    sealed: bool = False
+    """Fed something that is not the caller's next frame (livekit pushes silence as the session closes): what
+    came before can still be replayed, nothing after."""
+    broken: bool = False
+    """Flushed: the VAD's state was reset mid-stream, the replay would not be the same."""
+
+    def add(self, frame: rtc.AudioFrame, index: int | None) -> None:
+        if self.sealed:
+            return
+        if self.first_index is None:
+            self.first_index = index
+        if index is None or self.first_index is None or index != self.first_index + self.samples:
+            self.sealed = True
+            return
+        self.frames.append(frame)
+        self.samples += frame.samples_per_channel
+
+    def covers(self, first: int, last: int) -> bool:
+        return (
+            not self.broken
+            and self.first_index is not None
+            and self.first_index <= first
+            and last <= self.first_index + self.samples
+        )
+
+    async def replay(self, vad: Any) -> list[int]:
+        """The END_OF_SPEECH sample indexes of a fresh `vad` fed the same frames."""
+        stream = vad.stream()
+        for frame in self.frames:
+            stream.push_frame(frame)
+        stream.end_input()
+        ends = [ev.samples_index async for ev in stream if ev.type == VADEventType.END_OF_SPEECH]
+        await stream.aclose()
+        return ends
+
+
 class _Doubles:
     """One call's providers and audio, and the session events the records are made from."""
 
@@ -732,6 +793,10 @@ class _Doubles:
         self.vad_detections: list[float] = []
         self.pipeline: VoicePipelineConfig | None = None
         self.built: BuiltPipeline | None = None
+        self.vad_offset = 0
+        """Caller-stream index minus VAD-stream index of the same sample: the VAD's stream starts when the
+        session starts listening, a few frames after the caller's. Known once the VAD has had a frame."""
+        self.vad_feeds: list[VadFeed] = []
 
     def _transcript(self, _audio: Any) -> str:
         # the utterance the caller is in (or just finished): robust to how the VAD segments it
@@ -767,12 +832,68 @@ class _Doubles:
             kwargs = self.built.session_kwargs()
         if self.tuning.vad == "plugin" and not self.tuning.stock:
             kwargs["vad"] = self.env.plugin_vad(config)
+        if not self.tuning.stock:  # the stock VAD is one object for the whole process: left as it is
+            self._line_up(kwargs["vad"])
         kwargs.update(stt=self.stt, llm=self.llm, tts=self.tts, session_close_transcript_timeout=0.1)
         if self.tuning.text_transforms == "none":
             kwargs["tts_text_transforms"] = None
         if not self.tuning.aec_warmup:
             kwargs["aec_warmup_duration"] = None
         return kwargs
+
+    def _line_up(self, vad: Any) -> None:
+        """Record what this call's VAD streams are fed (`VadFeed`), to line their sample index up with the
+        caller's and to replay the exact stream afterwards (`exact_waits`)."""
+        open_stream = vad.stream
+
+        def stream() -> Any:
+            opened = open_stream()
+            feed = VadFeed()
+            self.vad_feeds.append(feed)
+            push, flush = opened.push_frame, opened.flush
+
+            def recording_push(frame: rtc.AudioFrame) -> None:
+                index = self.caller.index_of(frame)
+                if index is not None:
+                    self.vad_offset = index - feed.samples
+                feed.add(frame, index)
+                push(frame)
+
+            def recording_flush() -> None:
+                feed.broken = True  # a flush resets the VAD's state mid-stream: no exact replay
+                flush()
+
+            opened.push_frame, opened.flush = recording_push, recording_flush
+            return opened
+
+        vad.stream = stream
+
+    async def exact_waits(self, record: CallRecord) -> None:
+        """Replace each turn's endpointing wait (from the offline table, which starts the VAD fresh on the clip
+        alone) by the wait of the VAD on this call's own stream: the same samples from the call's first frame,
+        through a fresh VAD with the same options, so that the VAD's state at the end of the utterance is the
+        live one. With 50 ms frames a state that differs by one 32 ms window moves the decision by a frame."""
+        config = self.pipeline
+        if config is None:
+            return
+        replayed: dict[int, list[int]] = {}
+        for turn in record.turns:
+            if turn.clip_start is None or turn.clip_end is None:
+                continue
+            feed = next((f for f in self.vad_feeds if f.covers(turn.clip_start, turn.clip_end)), None)
+            if feed is None or feed.first_index is None:
+                continue
+            key = id(feed)
+            if key not in replayed:
+                replayed[key] = await feed.replay(self.env.call_vad(self.tuning, config)[1])
+            start, end = turn.clip_start - feed.first_index, turn.clip_end - feed.first_index
+            ends = [e for e in replayed[key] if e > start]
+            if ends:
+                # the event comes with the frame that completes its window; the caller's end of speech is
+                # stamped as the frame holding the last sample is delivered (clips are padded to whole frames)
+                detected = -(-ends[0] // FRAME_SAMPLES) * FRAME_SAMPLES
+                turn.endpointing_ms = (detected - end) / SAMPLE_RATE * 1000
+                turn.endpointing_exact = True
 
     def attach(self, session: AgentSession) -> None:
         """`start_call`'s `before_start`: the room's audio replaced by the caller and the loudspeaker."""
@@ -838,6 +959,8 @@ async def _run_call(
         if doubles.built is not None:
             await doubles.built.aclose()
     record.ended_at = time.time()
+    with contextlib.suppress(Exception):  # without a replay the offline table stands
+        await doubles.exact_waits(record)
     _fill_measured(doubles, record)
     record.segments = [
         {
@@ -870,7 +993,10 @@ async def _converse(env: Environment, doubles: _Doubles, script: CallScript, rec
             await asyncio.sleep(script.lead_in_s)
         waits = await env.vad_waits(turn.says, doubles.tuning, config)
         await caller.wait_idle(timeout=STEP_TIMEOUT_S)
-        phase = caller.speak(env.clip(turn.says)) % VAD_PERIOD
+        # the clip's first sample in the VAD's own stream decides how its windows fall on the speech
+        clip = env.clip(turn.says)
+        clip_start = caller.speak(clip)
+        phase = (clip_start - doubles.vad_offset) % VAD_PERIOD
         mark = await caller.wait_for_speech_end(index, timeout=STEP_TIMEOUT_S)
         assert mark.ended_at is not None
         ended = mark.ended_at
@@ -879,6 +1005,8 @@ async def _converse(env: Environment, doubles: _Doubles, script: CallScript, rec
             says=turn.says,
             speech_ended_at=ended,
             vad_phase=phase,
+            clip_start=clip_start,
+            clip_end=clip_start + -(-len(clip.pcm) // FRAME_SAMPLES) * FRAME_SAMPLES,
             endpointing_ms=waits[phase] * 1000 if phase in waits else None,
             configured_stt_ms=latencies.stt_s * 1000,
             configured_llm_ttft_ms=latencies.llm_ttft_s * 1000,

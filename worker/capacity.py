@@ -2,17 +2,17 @@
 
     load = max(active calls / WORKER_CALL_CAPACITY, CPU use)        (both 0..1, capped at 1)
 
-WORKER_CALL_CAPACITY is the number of concurrent calls one worker (its main process and its job processes)
-serves before turn latency degrades: the density benchmark (benchmarks/density.py) measures it on the target
-machine, and the default lives in worker/settings.py (DEFAULT_WORKER_CALL_CAPACITY). Counting calls tracks what
+WORKER_CALL_CAPACITY is the number of concurrent calls one worker (its main process and its job processes or
+threads) serves before turn latency degrades: the density benchmark (benchmarks/density.py) measures it, and
+the defaults per JOB_EXECUTOR live in worker/settings.py (DEFAULT_WORKER_CALL_CAPACITY). Counting calls tracks what
 a call really costs even when the cost is not CPU (memory, provider connections, the event loop); CPU use still
 takes over when calls are heavier than the benchmark's (e.g. a pipeline with a larger turn detector). The CPU
 figure is the one livekit uses by default: its cgroup-aware CPU monitor, averaged over 2.5 s.
 
 livekit-agents compares the load with LOAD_THRESHOLD (0.7 by default) before answering each offer and in the
 status it sends every 2.5 s: at or above it the worker reports WS_FULL and answers offers "not available", so
-LiveKit dispatches to another worker. With the defaults a worker takes new calls while it has fewer than
-0.7 * 25 = 17.5 (it accepts the 18th); the remaining 30 % is headroom for calls accepted concurrently and for
+LiveKit dispatches to another worker. With the thread executor's default capacity of 20 a worker takes new calls
+while it has fewer than 0.7 * 20 = 14; the remaining 30 % is headroom for calls accepted concurrently and for
 CPU spikes. An autoscaler should add workers before they report full: `voice_worker_active_calls` per worker
 against WORKER_CALL_CAPACITY, or CPU below the threshold (deploy/k8s/worker-hpa.yaml).
 
