@@ -39,6 +39,16 @@ def _compile(source: str):  # noqa: ANN202 - jinja2's Template type is not worth
         raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from None
 
 
+def precompile(source: str) -> bool:
+    """Compile `source` into the cache now (a worker's setup function), so the first call that renders it does
+    not pay for it; False for a template with a syntax error (validation reports those)."""
+    try:
+        _compile(source)
+    except TemplateError:
+        return False
+    return True
+
+
 def render(source: str, variables: Mapping[str, Any]) -> str:
     """`source` rendered with `variables`; `TemplateError` on a syntax error or an undefined name."""
     template = _compile(source)

@@ -44,3 +44,18 @@ def test_the_collector_is_frozen_once() -> None:
     freeze_once()
     assert gc.get_freeze_count() > 0
     assert freeze_once() is False
+
+
+def test_every_template_of_the_catalog_is_compiled_in_setup(monkeypatch) -> None:  # noqa: ANN001
+    from procedures.templates import _compile, precompile
+    from worker.services import catalog_templates
+
+    for env in ("OPENAI_API_KEY", "DEEPGRAM_API_KEY", "OPENAI_COMPATIBLE_API_KEY"):
+        monkeypatch.delenv(env, raising=False)
+    sources = catalog_templates(process_catalog(EXAMPLES).get())
+    assert len(sources) >= 5 and any("{{" in source for source in sources)
+    _compile.cache_clear()
+    # templates are compiled even where no pipeline can be built
+    prebuild_pipelines(process_catalog(EXAMPLES), Settings(_env_file=None), process_vad())
+    assert _compile.cache_info().currsize == len(sources)
+    assert precompile("{{ unclosed") is False

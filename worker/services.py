@@ -23,13 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from catalog.loader import CatalogStore
+from catalog.loader import Catalog, CatalogStore
 from catalog.pipeline_config import VoicePipelineConfig
 from pipelines.builder import BuiltPipeline, PipelineError, build_llm, build_pipeline
 from pipelines.vad import SharedVAD
 from postcall.memory import LLMMemoryExtractor
 from postcall.outbox import OutboxDelivery
 from postcall.processor import PostCallProcessor
+from procedures.templates import precompile
 from records.outcome import SessionOutcome
 from records.store import SessionStore
 from worker import metrics
@@ -87,13 +88,26 @@ def freeze_once() -> bool:
         return True
 
 
+def catalog_templates(current: Catalog) -> set[str]:
+    """Every template source a call of this catalog may render: system prompts, procedure steps, greetings."""
+    revisions = [agent.active_revision for agent in current.agents.values()]
+    sources = {revision.system_prompt for revision in revisions}
+    sources |= {procedure.instructions for revision in revisions for procedure in revision.procedures}
+    for pipeline in [revision.pipeline for revision in revisions] + [team.pipeline for team in current.teams.values()]:
+        first = pipeline.first_speaking
+        sources |= {text for text in (first.text, first.instructions, first.ai_disclosure_text) if text}
+    return sources
+
+
 def prebuild_pipelines(catalog: CatalogStore, settings: Settings, vad: SharedVAD) -> int:
-    """Build and close every pipeline the catalog names (active revisions and teams); returns how many
-    were built. Synchronous, as livekit's setup function is (no event loop runs in this thread yet).
+    """Build and close every pipeline the catalog names (active revisions and teams), and compile every
+    template it holds; returns how many pipelines were built. Synchronous, as livekit's setup function is (no event loop runs in this thread yet).
 
     A pipeline this worker cannot build (a key it lacks) is skipped: the request handler refuses its
     dispatches with the reason, which is where an operator looks for it."""
     current = catalog.get()
+    for source in catalog_templates(current):
+        precompile(source)
     pipelines = [agent.active_revision.pipeline for agent in current.agents.values()]
     pipelines += [team.pipeline for team in current.teams.values()]
     configs = {config.model_dump_json(): config for config in pipelines}
