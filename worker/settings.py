@@ -31,7 +31,7 @@ DEFAULT_PROMETHEUS_PORT = 9100
 # "calls held" on a 2-core machine (benchmarks/density.py, README "Performance"). A thread-executor worker is
 # one process, bound by the GIL to about one core whatever the machine; a process-executor worker spreads its
 # calls over every core of its machine (the CPU term of the load covers machines unlike the benchmark's).
-DEFAULT_WORKER_CALL_CAPACITY = {"thread": 20, "process": 25}
+DEFAULT_WORKER_CALL_CAPACITY = {"thread": 20, "process": 30}
 
 
 class Mode(StrEnum):
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # executor (see `call_capacity`).
     worker_call_capacity: int | None = Field(None, ge=1, le=10_000, validation_alias="WORKER_CALL_CAPACITY")
     # How a worker runs its calls (docs/operations.md, "Executor and density"): "process" gives every call a
-    # process of its own (livekit's default: a crash ends one call; ~90 MB per call); "thread" runs every call
+    # process of its own (livekit's default: a crash ends one call; ~75 MB per call); "thread" runs every call
     # as a thread of the worker process, sharing its models (~3 MB per call; a crash ends the worker's calls).
     job_executor: Literal["process", "thread"] = Field("process", validation_alias="JOB_EXECUTOR")
     # LiveKit offers no new calls once the load (see worker/capacity.py) reaches this fraction.
