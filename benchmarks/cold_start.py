@@ -55,11 +55,12 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _environment(livekit_url: str, workdir: Path) -> dict[str, str]:
+def _environment(livekit_url: str, workdir: Path, executor: str) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
     return {
         **keep,
         "VOICE_WORKER_MODE": "production",
+        "JOB_EXECUTOR": executor,
         "LIVEKIT_URL": livekit_url,
         "LIVEKIT_API_KEY": API_KEY,
         "LIVEKIT_API_SECRET": API_SECRET,
@@ -75,7 +76,7 @@ def _environment(livekit_url: str, workdir: Path) -> dict[str, str]:
     }
 
 
-async def one_run(executable: Path) -> Run:
+async def one_run(executable: Path, executor: str) -> Run:
     with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
         workdir = Path(tmp)
         log_path = workdir / "worker.log"
@@ -87,7 +88,7 @@ async def one_run(executable: Path) -> Run:
                     str(executable),
                     "start",
                     cwd=workdir,
-                    env=_environment(lk.url, workdir),
+                    env=_environment(lk.url, workdir, executor),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
@@ -116,14 +117,15 @@ def _venv_executable(venv: Path) -> Path:
     return executable
 
 
-async def main_async(runs: int, venv: Path) -> dict[str, object]:
+async def main_async(runs: int, venv: Path, executor: str) -> dict[str, object]:
     executable = _venv_executable(venv)
     load_before = os.getloadavg()
-    results = [await one_run(executable) for _ in range(runs)]
+    results = [await one_run(executable, executor) for _ in range(runs)]
     registered = [r.registered_s for r in results]
     return {
         "what": "voice-worker start spawned -> register received by the LiveKit protocol double",
         "venv": str(venv),
+        "job_executor": executor,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "runs": [asdict(r) for r in results],
@@ -142,11 +144,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--venv", type=Path, default=Path(sys.prefix))
+    parser.add_argument("--executor", choices=["process", "thread"], default="process", help="JOB_EXECUTOR")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
     args = parser.parse_args()
-    summary = asyncio.run(main_async(args.runs, args.venv.resolve()))
+    summary = asyncio.run(main_async(args.runs, args.venv.resolve(), args.executor))
     print(
-        f"cold start ({args.runs} runs, {summary['cpus']} CPUs, {summary['venv']}): "
+        f"cold start ({args.runs} runs, JOB_EXECUTOR={args.executor}, {summary['cpus']} CPUs, {summary['venv']}): "
         f"p50 {summary['p50_s']} s, first {summary['first_s']} s, min {summary['min_s']} s, max {summary['max_s']} s; "
         f"CPU p50 {summary['cpu_p50_s']} s; load {summary['loadavg_1m']}; "
         f"SIGTERM -> exit 0 every run: {summary['all_exited_0']}"
