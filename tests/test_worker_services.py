@@ -59,3 +59,21 @@ def test_every_template_of_the_catalog_is_compiled_in_setup(monkeypatch) -> None
     prebuild_pipelines(process_catalog(EXAMPLES), Settings(_env_file=None), process_vad())
     assert _compile.cache_info().currsize == len(sources)
     assert precompile("{{ unclosed") is False
+
+
+def test_the_turn_detector_is_loaded_in_setup_only_when_a_pipeline_uses_it(monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    import shutil
+
+    import worker.services as services
+
+    loads: list[bool] = []
+    monkeypatch.setattr(services, "prewarm_turn_detector", lambda: loads.append(True))
+    keys = Settings(_env_file=None, OPENAI_API_KEY="sk-test-not-real", DEEPGRAM_API_KEY="dg-test-not-real")
+    prebuild_pipelines(process_catalog(EXAMPLES), keys, process_vad())
+    assert loads == []  # every example pipeline ends turns on the VAD
+    catalog_dir = tmp_path / "catalog"
+    shutil.copytree(EXAMPLES, catalog_dir)
+    sales = catalog_dir / "sales.yaml"
+    sales.write_text(sales.read_text().replace("turn_detection: vad", "turn_detection: turn_detector"))
+    prebuild_pipelines(process_catalog(catalog_dir), keys, process_vad())
+    assert loads == [True]

@@ -26,6 +26,7 @@ from pathlib import Path
 from catalog.loader import Catalog, CatalogStore
 from catalog.pipeline_config import VoicePipelineConfig
 from pipelines.builder import BuiltPipeline, PipelineError, build_llm, build_pipeline
+from pipelines.turn_handling import prewarm_turn_detector
 from pipelines.vad import SharedVAD
 from postcall.memory import LLMMemoryExtractor
 from postcall.outbox import OutboxDelivery
@@ -111,6 +112,9 @@ def prebuild_pipelines(catalog: CatalogStore, settings: Settings, vad: SharedVAD
     pipelines = [agent.active_revision.pipeline for agent in current.agents.values()]
     pipelines += [team.pipeline for team in current.teams.values()]
     configs = {config.model_dump_json(): config for config in pipelines}
+    if any(config.turn_detection == "turn_detector" for config in configs.values()):
+        # loaded here whether or not livekit's warm-up did (LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE=0 skips it)
+        prewarm_turn_detector()
     built: list[BuiltPipeline] = []
     for config in configs.values():
         try:
