@@ -383,8 +383,8 @@ def test_every_variable_is_a_setting(rendered: list[dict[str, Any]], name: str) 
     from worker.settings import Settings
 
     known = {field.validation_alias for field in Settings.model_fields.values()}
-    # read by livekit-agents' CPU monitor, not by Settings
-    known.add("NUM_CPUS")
+    # read by livekit-agents (its CPU monitor, its warm-up), not by Settings
+    known |= {"NUM_CPUS", "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE"}
     names = set(_config(rendered)) | set(_env(_container(_one(rendered, "Deployment", name))))
     assert names <= known, sorted(names - known)
 
