@@ -323,7 +323,26 @@ class StreamingFakeSTT(stt.STT):
         return "fake"
 
     async def _recognize_impl(self, *_: Any, **__: Any) -> stt.SpeechEvent:
-        raise NotImplementedError("StreamingFakeSTT only streams")
+        # a one-shot request (livekit's session only streams this STT): the utterance the caller is in or has
+        # just finished, `latency_s` later
+        started_at = time.time()
+        await asyncio.sleep(self.latency_s)
+        spoken = [m for m in self.caller.speech if m.started_at is not None]
+        text = spoken[-1].text if spoken else ""
+        self.requests.append(
+            STTRequest(
+                index=len(self.requests),
+                requested_at=started_at,
+                audio_duration=spoken[-1].duration if spoken else 0.0,
+                transcript=text,
+                responded_at=time.time(),
+            )
+        )
+        return stt.SpeechEvent(
+            type=stt.SpeechEventType.FINAL_TRANSCRIPT,
+            request_id=f"fake-streaming-stt-{len(self.requests) - 1}",
+            alternatives=[stt.SpeechData(language="en", text=text, confidence=1.0)],
+        )
 
     def stream(
         self, *, language: Any = None, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS

@@ -50,21 +50,31 @@ class TTSBuilder(Protocol):
     def __call__(self, entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS: ...
 
 
-class OpenAIChatLLM(openai.LLM):
-    """`openai.LLM` over a client of the process's TLS context (pipelines/http_clients.py), whose requests
-    carry the chain entry's own `request_timeout_ms`.
+class _OwnsItsClient:
+    """For an OpenAI plugin class: builds it over a client of the process's TLS context
+    (pipelines/http_clients.py) and closes that client with it. The plugins close only a client they made
+    themselves, and `openai.STT` never closes its own."""
+
+    def __init__(self, *, api_key: str, base_url: str | None, **kwargs: Any) -> None:
+        self._http = openai_client(api_key=api_key, base_url=base_url)
+        super().__init__(client=self._http, **kwargs)  # type: ignore[call-arg]
+
+    async def aclose(self) -> None:
+        await super().aclose()  # type: ignore[misc]
+        await self._http.close()
+
+
+class OpenAIChatLLM(_OwnsItsClient, openai.LLM):
+    """`openai.LLM` over the process's TLS context, whose requests carry the chain entry's own
+    `request_timeout_ms`.
 
     AgentSession and `llm.FallbackAdapter` hand every LLM one timeout in `conn_options`, and the plugin
     turns exactly that value into the request's httpx timeout (a client-level timeout is overridden),
     so a per-entry timeout has to replace it on the way in.
     """
 
-    def __init__(
-        self, *, api_key: str, base_url: str | None, request_timeout_s: float | None = None, **kwargs: Any
-    ) -> None:
-        # the plugin closes only a client it made itself; this one is ours to close
-        self._http = openai_client(api_key=api_key, base_url=base_url)
-        super().__init__(client=self._http, **kwargs)
+    def __init__(self, *, request_timeout_s: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._request_timeout_s = request_timeout_s
 
     @property
@@ -78,34 +88,13 @@ class OpenAIChatLLM(openai.LLM):
             conn_options = dataclasses.replace(conn_options, timeout=self._request_timeout_s)
         return super().chat(conn_options=conn_options, **kwargs)
 
-    async def aclose(self) -> None:
-        await super().aclose()
-        await self._http.close()
+
+class OpenAISTT(_OwnsItsClient, openai.STT):
+    """`openai.STT` over the process's TLS context."""
 
 
-class OpenAISTT(openai.STT):
-    """`openai.STT` over a client of the process's TLS context, closed with it (the plugin never closes
-    its HTTP client)."""
-
-    def __init__(self, *, api_key: str, base_url: str | None, **kwargs: Any) -> None:
-        self._http = openai_client(api_key=api_key, base_url=base_url)
-        super().__init__(client=self._http, **kwargs)
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        await self._http.close()
-
-
-class OpenAITTS(openai.TTS):
-    """`openai.TTS` over a client of the process's TLS context, closed with it."""
-
-    def __init__(self, *, api_key: str, base_url: str | None, **kwargs: Any) -> None:
-        self._http = openai_client(api_key=api_key, base_url=base_url)
-        super().__init__(client=self._http, **kwargs)
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        await self._http.close()
+class OpenAITTS(_OwnsItsClient, openai.TTS):
+    """`openai.TTS` over the process's TLS context."""
 
 
 def _given(value: Any) -> Any:

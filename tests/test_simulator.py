@@ -144,3 +144,20 @@ def test_barge_in_stops_the_agent_audio(calls: dict[str, CallRecord]):
     # the agent stopped talking before it answered the caller who cut in
     assert interrupted_turn.first_audio_at is not None and reply["finished_at"] <= interrupted_turn.first_audio_at
     assert record.transcript[-2:] == [("user", BARGE_IN.turns[1].says), ("assistant", BARGE_IN.turns[1].reply)]
+
+
+def test_the_streaming_stt_double_also_answers_a_one_shot_request(env: Environment):
+    from benchmarks.simulator import StreamingFakeSTT
+    from tests.doubles.audio_io import ScriptedAudioInput
+
+    said = SCRIPT.turns[0].says
+    caller = ScriptedAudioInput([env.clip(said)], speed=50.0)
+    double = StreamingFakeSTT(caller, latency_s=0.01)
+
+    async def go() -> str:
+        await caller.__anext__()  # the first frame carries the first words
+        event = await double.recognize(buffer=[])
+        return event.alternatives[0].text
+
+    assert asyncio.run(go()) == said
+    assert double.requests[0].transcript == said and double.requests[0].responded_at is not None

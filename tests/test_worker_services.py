@@ -77,3 +77,12 @@ def test_the_turn_detector_is_loaded_in_setup_only_when_a_pipeline_uses_it(monke
     sales.write_text(sales.read_text().replace("turn_detection: vad", "turn_detection: turn_detector"))
     prebuild_pipelines(process_catalog(catalog_dir), keys, process_vad())
     assert loads == [True]
+
+
+def test_the_warm_up_runs_once_per_process_and_catalog(tmp_path) -> None:  # noqa: ANN001
+    from worker.services import _first_setup
+
+    # the thread executor runs the setup function for every executor thread, beside live calls
+    assert _first_setup(tmp_path) is True
+    assert _first_setup(tmp_path) is False
+    assert _first_setup(tmp_path / "other") is True

@@ -53,6 +53,7 @@ _process_lock = threading.Lock()
 _process_vad: SharedVAD | None = None
 _process_catalogs: dict[Path, CatalogStore] = {}
 _frozen = False
+_warmed: set[Path] = set()
 
 
 def process_vad() -> SharedVAD:
@@ -102,7 +103,8 @@ def catalog_templates(current: Catalog) -> set[str]:
 
 def prebuild_pipelines(catalog: CatalogStore, settings: Settings, vad: SharedVAD) -> int:
     """Build and close every pipeline the catalog names (active revisions and teams), and compile every
-    template it holds; returns how many pipelines were built. Synchronous, as livekit's setup function is (no event loop runs in this thread yet).
+    template it holds; returns how many pipelines were built. Synchronous, as livekit's setup function is (no
+    event loop runs in this thread yet).
 
     A pipeline this worker cannot build (a key it lacks) is skipped: the request handler refuses its
     dispatches with the reason, which is where an operator looks for it."""
@@ -135,11 +137,20 @@ def prebuild_pipelines(catalog: CatalogStore, settings: Settings, vad: SharedVAD
     return len(built)
 
 
+def _first_setup(directory: Path) -> bool:
+    """True once per process and catalog: the warm-up is process-wide, and with the thread executor the setup
+    function runs again for every executor thread, beside live calls."""
+    with _process_lock:
+        first = directory not in _warmed
+        _warmed.add(directory)
+        return first
+
+
 def build_process_services(settings: Settings, *, shared_vad: SharedVAD | None = None) -> ProcessServices:
     started = time.perf_counter()
     vad = shared_vad or process_vad()
     catalog = process_catalog(settings.catalog_path)
-    prebuilt = prebuild_pipelines(catalog, settings, vad)
+    prebuilt = prebuild_pipelines(catalog, settings, vad) if _first_setup(settings.catalog_path) else 0
     store = SessionStore.from_settings(settings)
 
     def session_parts(config: VoicePipelineConfig) -> BuiltPipeline:
@@ -162,7 +173,7 @@ def build_process_services(settings: Settings, *, shared_vad: SharedVAD | None =
         on_enqueued=delivery.notify if delivery else None,
     )
     log.info(
-        "job process ready in %.0f ms: %d pipelines prebuilt, catalog %s",
+        "job executor ready in %.0f ms: %d pipelines prebuilt, catalog %s",
         (time.perf_counter() - started) * 1000,
         prebuilt,
         settings.catalog_path,
