@@ -1,20 +1,26 @@
-"""The load the worker reports to LiveKit, so that the next call goes elsewhere before latency degrades.
+"""The worker's capacity model: how many calls it takes, and the load it reports to LiveKit.
 
-    load = max(active calls / WORKER_CALL_CAPACITY, CPU use)        (both 0..1, capped at 1)
+    load = max((active + reserved calls) / WORKER_CALL_CAPACITY, CPU use / LOAD_THRESHOLD)    (capped at 1)
+
+The worker is full at load 1: WORKER_CALL_CAPACITY calls, counting the offers it has said yes to and whose job
+has not started yet (reserved), or CPU use at LOAD_THRESHOLD, whichever comes first. Below that every offer is
+accepted, so a burst of simultaneous offers is taken up to the capacity; at it, offers are refused at once
+(terminate=False), so LiveKit offers them to another worker. livekit-agents itself would size a reserved offer
+`load_threshold / idle processes` and take 2 of 50 simultaneous offers: worker/livekit_adapter.py makes it use
+`CallLoad.effective` instead, and verifies the signed dispatch before any of this (a forged offer never holds a
+slot).
 
 WORKER_CALL_CAPACITY is the number of concurrent calls one worker (its main process and its job processes or
 threads) serves before turn latency degrades: the density benchmark (benchmarks/density.py) measures it, and
 the defaults per JOB_EXECUTOR live in worker/settings.py (DEFAULT_WORKER_CALL_CAPACITY). Counting calls tracks what
-a call really costs even when the cost is not CPU (memory, provider connections, the event loop); CPU use still
-takes over when calls are heavier than the benchmark's (e.g. a pipeline with a larger turn detector). The CPU
-figure is the one livekit uses by default: its cgroup-aware CPU monitor, averaged over 2.5 s.
+a call really costs even when the cost is not CPU (memory, provider connections, the event loop); the CPU guard
+takes over when calls are heavier than the benchmark's (e.g. a pipeline with a larger turn detector) or the
+machine is shared. The CPU figure is the one livekit uses by default: its cgroup-aware CPU monitor, averaged
+over 2.5 s, so it lags a burst: the call count is what bounds a burst.
 
-livekit-agents compares the load with LOAD_THRESHOLD (0.7 by default) before answering each offer and in the
-status it sends every 2.5 s: at or above it the worker reports WS_FULL and answers offers "not available", so
-LiveKit dispatches to another worker. With the thread executor's default capacity of 20 a worker takes new calls
-while it has fewer than 0.7 * 20 = 14; the remaining 30 % is headroom for calls accepted concurrently and for
-CPU spikes. An autoscaler should add workers before they report full: `voice_worker_active_calls` per worker
-against WORKER_CALL_CAPACITY, or CPU below the threshold (deploy/k8s/worker-hpa.yaml).
+The load is sent to LiveKit every 2.5 s (status WS_FULL at 1). An autoscaler should add workers before they
+report full: `voice_worker_active_calls` per worker against WORKER_CALL_CAPACITY, or CPU below LOAD_THRESHOLD
+(deploy/k8s/worker-hpa.yaml).
 
 In dev mode (`voice-worker dev`) livekit never reports the worker full; the load is still computed and shown.
 """
@@ -35,10 +41,13 @@ class _HasActiveJobs(Protocol):
     def active_jobs(self) -> list[object]: ...
 
 
-def blended_load(active_calls: int, capacity: int, cpu: float) -> float:
+def blended_load(calls: int, capacity: int, cpu: float, cpu_guard: float = 1.0) -> float:
+    """The load for `calls` calls (active plus reserved) and a CPU use; 1 means full."""
     if capacity < 1:
         raise ValueError("capacity must be at least 1")
-    return min(max(active_calls / capacity, cpu, 0.0), 1.0)
+    if not 0 < cpu_guard <= 1:
+        raise ValueError("cpu_guard must be in (0, 1]")
+    return min(max(calls / capacity, cpu / cpu_guard, 0.0), 1.0)
 
 
 class CpuUse:
@@ -75,17 +84,32 @@ _PROCESS_CPU = CpuUse()
 
 
 class CallLoad:
-    """The `load_fnc` of the worker's AgentServer (see the module docstring)."""
+    """The `load_fnc` of the worker's AgentServer, and the capacity decision (see the module docstring)."""
 
-    def __init__(self, capacity: int, *, cpu: Callable[[], float] | None = None) -> None:
+    # The load at which the worker is full: the AgentServer's load_threshold (worker/server.py).
+    FULL = 1.0
+
+    def __init__(self, capacity: int, *, cpu_guard: float = 1.0, cpu: Callable[[], float] | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
+        if not 0 < cpu_guard <= 1:
+            raise ValueError("cpu_guard must be in (0, 1]")
         self.capacity = capacity
+        self.cpu_guard = cpu_guard
         self._cpu = cpu or _PROCESS_CPU
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CallLoad:
-        return cls(settings.call_capacity)
+        return cls(settings.call_capacity, cpu_guard=settings.load_threshold)
 
     def __call__(self, server: _HasActiveJobs) -> float:
-        return blended_load(len(server.active_jobs), self.capacity, self._cpu())
+        """What livekit reports to LiveKit (it calls this from a thread pool, so it reads active jobs only)."""
+        return self.effective(active=len(server.active_jobs), reserved=0)
+
+    def effective(self, *, active: int, reserved: int) -> float:
+        """The load including offers accepted whose job has not started; reading it never blocks (the CPU
+        figure is the sampler's last average), so livekit can ask it on the event loop for every offer."""
+        return blended_load(active + reserved, self.capacity, self._cpu(), self.cpu_guard)
+
+    def has_room(self, *, active: int, reserved: int) -> bool:
+        return self.effective(active=active, reserved=reserved) < self.FULL

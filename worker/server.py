@@ -20,23 +20,22 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, JobRequest
 from livekit.agents.worker import ServerEnvOption
+from livekit.protocol import agent
 
 from catalog.loader import CatalogStore
 from records.record import SessionRecord
 from worker import logcontext, metrics
-from worker.admission import admit
+from worker.admission import Admission, admit
 from worker.call import Call, start_call
 from worker.capacity import CallLoad
 from worker.dispatch import DispatchRejected, verify_dispatch_metadata
+from worker.livekit_adapter import DRAINING, AdmissionAdapter
 from worker.metrics_endpoint import MetricsEndpoint
 from worker.outbox_loop import OutboxLoop
 from worker.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from worker.services import ProcessServices
-
-# The reason a draining worker gives; LiveKit may offer the job to another worker (no terminate).
-DRAINING = "draining"
 
 log = logging.getLogger("voice_worker.server")
 
@@ -58,8 +57,45 @@ class DispatchGate:
         self.refusals[reason] = self.refusals.get(reason, 0) + 1
         metrics.dispatch_refused(reason)
 
+    def _judge(self, job: agent.Job) -> Admission | DispatchRejected:
+        try:
+            claims = verify_dispatch_metadata(
+                job.metadata, secret=self._settings.signing_secret(), issuer=self._settings.dispatch_issuer
+            )
+            return admit(claims, self._catalog.get(), self._settings)
+        except DispatchRejected as exc:
+            return exc
+
+    def _log_refusal(self, job: agent.Job, exc: DispatchRejected) -> None:
+        self._refused(exc.reason)
+        log.warning(
+            "dispatch refused: job %s room %s: %s: %s",
+            job.id,
+            job.room.name,
+            exc.reason,
+            exc.detail,
+            extra={"job_id": job.id},
+        )
+
+    def screen(self, job: agent.Job) -> bool:
+        """Before livekit's capacity decision (worker/livekit_adapter.py): True refuses the offer for good. A
+        verdict costs ~0.1 ms, so a burst of forged offers is refused as fast as it arrives and never holds a
+        slot, and the refusal says why whatever the load."""
+        verdict = self._judge(job)
+        if isinstance(verdict, DispatchRejected):
+            self._log_refusal(job, verdict)
+            return True
+        return False
+
     async def __call__(self, request: JobRequest) -> None:
         job = request.job
+        # Judged again (the screen's verdict is not carried over): the catalog may have changed meanwhile.
+        verdict = self._judge(job)
+        if isinstance(verdict, DispatchRejected):
+            self._log_refusal(job, verdict)
+            # terminate=True: no other worker of ours would judge the same grant differently.
+            await request.reject(terminate=True)
+            return
         if self._server is not None and self._server.draining:
             # livekit refuses offers itself once draining; this covers an offer whose check ran just before
             self._refused(DRAINING)
@@ -68,24 +104,7 @@ class DispatchGate:
             )
             await request.reject(terminate=False)
             return
-        try:
-            claims = verify_dispatch_metadata(
-                job.metadata, secret=self._settings.signing_secret(), issuer=self._settings.dispatch_issuer
-            )
-            admission = admit(claims, self._catalog.get(), self._settings)
-        except DispatchRejected as exc:
-            self._refused(exc.reason)
-            log.warning(
-                "dispatch refused: job %s room %s: %s: %s",
-                job.id,
-                job.room.name,
-                exc.reason,
-                exc.detail,
-                extra={"job_id": job.id},
-            )
-            # terminate=True: no other worker of ours would judge the same grant differently.
-            await request.reject(terminate=True)
-            return
+        admission, claims = verdict, verdict.claims
         target = admission.team or admission.agent
         log.info(
             "dispatch accepted: job %s room %s session %s %s %s",
@@ -160,14 +179,15 @@ def _postcall_result(record: SessionRecord | None) -> str:
     return "degraded" if record.postcall_error else "ok"
 
 
-class VoiceWorkerServer(AgentServer):
+class VoiceWorkerServer(AdmissionAdapter):
     """livekit's AgentServer plus what voice-worker's main process owns:
 
     - the metrics endpoint (worker/metrics_endpoint.py), up for as long as `run()`;
     - the post-call outbox loop, started with the worker and stopped and flushed in `aclose()`, which livekit's
       CLI calls after the drain: by then every job has ended and queued its webhook;
     - the call-context log filter on this process's handlers (the thread executor runs calls here too);
-    - the offers livekit refuses by itself (draining, at capacity) counted with the gate's refusals;
+    - offers screened by the dispatch gate before livekit's capacity decision, and capacity counted in calls
+      (worker/livekit_adapter.py); the offers livekit refuses by itself (draining, at capacity) counted;
     - in multiprocess metrics mode, the files of each ended job process folded away (worker/metrics.py);
     - `GET /ready` on the health port: 200 once registered with LiveKit, 503 (with the reason) while it is
       connecting or reconnecting, or draining. livekit's `GET /` stays OK while LiveKit is unreachable (the
@@ -234,13 +254,6 @@ class VoiceWorkerServer(AgentServer):
         if self._outbox is not None:
             self._outbox.start()
 
-    def _is_available(self) -> bool:
-        # livekit's check before it asks the gate; an offer it declines here never reaches DispatchGate
-        available = super()._is_available()
-        if not available:
-            metrics.dispatch_refused(DRAINING if self.draining else "at_capacity")
-        return available
-
     async def aclose(self) -> None:
         await super().aclose()
         if self._outbox is not None:
@@ -276,8 +289,9 @@ def create_server(
         # Keep retrying: a worker that gives up while LiveKit restarts is a worker an operator must restart.
         "max_retry": 2**31,
         "load_fnc": CallLoad.from_settings(settings),
-        # livekit's convention: a dev worker never reports itself full
-        "load_threshold": ServerEnvOption(dev_default=math.inf, prod_default=settings.load_threshold),
+        # CallLoad's load is 1 when full (calls at capacity, or CPU at LOAD_THRESHOLD); livekit's convention: a
+        # dev worker never reports itself full
+        "load_threshold": ServerEnvOption(dev_default=math.inf, prod_default=CallLoad.FULL),
         "drain_timeout": settings.drain_timeout_s,
         "job_executor_type": JobExecutorType(settings.job_executor),
         # the setup function loads the VAD and the catalog and prebuilds every pipeline (worker/services.py);
@@ -289,5 +303,6 @@ def create_server(
     server = VoiceWorkerServer(outbox=OutboxLoop(settings), metrics_endpoint=endpoint, **options)
     gate = gate or DispatchGate(settings, CatalogStore(settings.catalog_path))
     gate.attach(server)
+    server.screen_offers(gate.screen)
     server.rtc_session(session_entrypoint, agent_name=settings.agent_name, on_request=gate)
     return server
