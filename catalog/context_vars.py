@@ -11,6 +11,13 @@ Coercion rules (the contract the door and the worker share):
 - `enum`: a string equal to one of `enum_values`; failing that, one that matches exactly one value
   case-insensitively, normalised to the declared spelling (`"GOLD"` → "gold"). Ambiguous or absent → refused.
 
+Bounds, checked after coercion: a `string` value has at most `max_length` characters; an `int` or `float` lies
+within `minimum`..`maximum`. A spec that declares none gets `ValueLimits` (settings `CONTEXT_VAR_MAX_*`):
+1024 characters, integers within ±(2**53 - 1) (exact in every JSON parser, JavaScript's included), floats
+within ±1e15. The platform's `ContextVarSpec` has no bound fields; ours are optional extensions, so a
+platform document still loads. Every seed travels inside the browser's token, so unbounded values would be
+a denial of service on the whole call path.
+
 `system` variables (session id, agent id, session type, current time, end user id) are set by the worker;
 a seed for one is refused. Seeds apply once at bootstrap; team calls ignore them (platform contract).
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -53,6 +61,10 @@ class ContextVarSpec(BaseModel):
     description: str | None = None
     enum_values: tuple[str, ...] | None = None
     reask_cap: int | None = Field(None, ge=0)
+    # Extensions (not in the platform schema): per-variable bounds overriding `ValueLimits`.
+    max_length: int | None = Field(None, ge=1)
+    minimum: float | None = None
+    maximum: float | None = None
 
     @field_validator("name")
     @classmethod
@@ -69,7 +81,25 @@ class ContextVarSpec(BaseModel):
             raise ValueError(f"enum_values is only for type enum, not {self.type}")
         if self.name in SYSTEM_VARIABLES and self.source != "system":
             raise ValueError(f"{self.name!r} is set by the worker; declare it with source: system")
+        if self.max_length is not None and self.type != "string":
+            raise ValueError(f"max_length is only for type string, not {self.type}")
+        if (self.minimum is not None or self.maximum is not None) and self.type not in ("int", "float"):
+            raise ValueError(f"minimum/maximum are only for types int and float, not {self.type}")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"minimum {self.minimum} is above maximum {self.maximum}")
         return self
+
+
+@dataclass(frozen=True)
+class ValueLimits:
+    """Bounds for values whose spec declares none (see the module docstring)."""
+
+    max_string_chars: int = 1024
+    max_abs_int: int = 2**53 - 1
+    max_abs_float: float = 1e15
+
+
+DEFAULT_LIMITS = ValueLimits()
 
 
 class ContextVarError(ValueError):
@@ -79,15 +109,48 @@ class ContextVarError(ValueError):
         super().__init__(f"{name}: {reason}")
         self.name = name
         self.reason = reason
-        self.kind = kind  # "unknown" | "system" | "coercion"
+        self.kind = kind  # "unknown" | "system" | "coercion" | "range"
 
 
-def coerce(spec: ContextVarSpec, value: Any) -> str | int | float | bool:
-    """`value` as the declared type of `spec`, or `ContextVarError(kind="coercion")`."""
+def _shown(value: Any) -> str:
+    # A bounded preview: the value may be megabytes, and `repr` of a huge int is refused by Python itself.
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of {len(str(abs(value)))} digits" if value.bit_length() < 10_000 else "a huge integer"
+    if isinstance(value, str) and len(value) > 60:
+        return repr(value[:57]) + "..."
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
+
+def _check_bounds(spec: ContextVarSpec, value: str | int | float | bool, limits: ValueLimits) -> None:
     def refuse(why: str) -> ContextVarError:
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        return ContextVarError(spec.name, f"cannot coerce {shown} to {spec.type}: {why}", "coercion")
+        return ContextVarError(spec.name, why, "range")
+
+    if spec.type == "string" and isinstance(value, str):
+        most = spec.max_length if spec.max_length is not None else limits.max_string_chars
+        if len(value) > most:
+            raise refuse(f"is {len(value)} characters long; at most {most} characters are allowed")
+    elif spec.type in ("int", "float") and isinstance(value, (int, float)):
+        cap = limits.max_abs_int if spec.type == "int" else limits.max_abs_float
+        low = spec.minimum if spec.minimum is not None else -cap
+        high = spec.maximum if spec.maximum is not None else cap
+        if not low <= value <= high:
+            bounds = (f"{int(low)} and {int(high)}" if spec.type == "int" else f"{low:g} and {high:g}")
+            raise refuse(f"{_shown(value)} is out of range: {spec.type} values must lie between {bounds}")
+
+
+def coerce(
+    spec: ContextVarSpec, value: Any, limits: ValueLimits = DEFAULT_LIMITS
+) -> str | int | float | bool:
+    """`value` as the declared type of `spec` within its bounds, or `ContextVarError` (kind coercion | range)."""
+    result = _coerce_type(spec, value)
+    _check_bounds(spec, result, limits)
+    return result
+
+
+def _coerce_type(spec: ContextVarSpec, value: Any) -> str | int | float | bool:
+    def refuse(why: str) -> ContextVarError:
+        return ContextVarError(spec.name, f"cannot coerce {_shown(value)} to {spec.type}: {why}", "coercion")
 
     if value is None:
         raise refuse("a value is required")
@@ -108,7 +171,11 @@ def coerce(spec: ContextVarSpec, value: Any) -> str | int | float | bool:
                     return int(value)
                 raise refuse("has a fractional part")
             if isinstance(value, str) and _INT_RE.match(value.strip()):
-                return int(value.strip())
+                digits = value.strip()
+                # int() of thousands of digits is quadratic and Python refuses past 4300: say "out of range".
+                if len(digits.lstrip("+-")) > 40:
+                    raise ContextVarError(spec.name, f"{_shown(value)} is out of range for int", "range")
+                return int(digits)
             raise refuse("expected a whole number")
         case "float":
             if isinstance(value, bool):
@@ -149,7 +216,11 @@ def coerce(spec: ContextVarSpec, value: Any) -> str | int | float | bool:
     raise refuse("unknown type")  # unreachable: VarType is closed
 
 
-def coerce_seeds(specs: list[ContextVarSpec] | tuple[ContextVarSpec, ...], seeds: dict[str, Any]) -> dict[str, Any]:
+def coerce_seeds(
+    specs: list[ContextVarSpec] | tuple[ContextVarSpec, ...],
+    seeds: dict[str, Any],
+    limits: ValueLimits = DEFAULT_LIMITS,
+) -> dict[str, Any]:
     """Seeds checked against the declared variables: every problem is collected, then raised as a group."""
     by_name = {spec.name: spec for spec in specs}
     values: dict[str, Any] = {}
@@ -163,7 +234,7 @@ def coerce_seeds(specs: list[ContextVarSpec] | tuple[ContextVarSpec, ...], seeds
             errors.append(ContextVarError(name, "is a system variable set by the worker; it cannot be seeded", "system"))
             continue
         try:
-            values[name] = coerce(spec, raw)
+            values[name] = coerce(spec, raw, limits)
         except ContextVarError as exc:
             errors.append(exc)
     if errors:

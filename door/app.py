@@ -17,11 +17,12 @@ from fastapi.openapi.utils import get_openapi
 
 from catalog.loader import CatalogStore
 from door.metrics import install_metrics
-from door import feather, revdesk
+from door import feather, refusals, revdesk
 from door.core import WebCallService
-from door.dependencies import DoorContext
-from door.idempotency import IdempotencyStore
+from door.dependencies import DoorContext, Limiter
+from door.idempotency import Idempotency, IdempotencyStore
 from door.keys import key_ring_for
+from door.limits import RequestLimits
 from door.ratelimit import RateLimiter
 from door.schemas import Health
 from door.server import serve
@@ -44,7 +45,11 @@ Mints LiveKit join tokens for browser test calls. Two contracts share one mintin
 API keys are configured as SHA-256 hashes and scoped to agents and teams. Refusal codes are the same on
 both routes: 401 missing or unknown key, 403 key not scoped to the target, 404 unknown target, 409 target
 disabled, 429 per-key rate limit (token bucket, `Retry-After`), 503 session could not be recorded.
-Rate limits and idempotency keys are held per door process.
+Limits, each a setting: request body `DOOR_MAX_BODY_BYTES` (413, before parsing), body time
+`DOOR_BODY_TIMEOUT_S` (408), API key `DOOR_MAX_API_KEY_CHARS` (401), `Idempotency-Key`
+`DOOR_IDEMPOTENCY_KEY_MAX_CHARS`, context variables `DOOR_MAX_CONTEXT_VARS` and per-value bounds, token
+`DOOR_MAX_TOKEN_BYTES`. Rate limits and idempotency keys are held per door process, or in the database shared
+by every replica (`DOOR_SHARED_STATE=database`).
 """
 
 
@@ -76,14 +81,23 @@ def create_app(
         if owns_creator:
             await _close(creator)
 
+    limiter, idempotency = _state(settings, clock)
+
     app = FastAPI(title=TITLE, version=VERSION, description=DESCRIPTION, lifespan=lifespan)
     app.state.door = DoorContext(
         service=WebCallService(settings, store, creator),
         keys=keys,
-        limiter=RateLimiter(settings.door_rate_limit_per_minute, clock=clock),
-        idempotency=IdempotencyStore(settings.door_idempotency_ttl_s, clock=clock),
+        limiter=limiter,
+        idempotency=idempotency,
+        max_api_key_chars=settings.door_max_api_key_chars,
+        idempotency_key_max_chars=settings.door_idempotency_key_max_chars,
     )
     install_metrics(app)
+    refusals.install(app)
+    # Added last, so it is the outermost of the door's own layers: a body is limited before anything reads it.
+    app.add_middleware(
+        RequestLimits, max_body_bytes=settings.door_max_body_bytes, body_timeout_s=settings.door_body_timeout_s
+    )
     app.include_router(feather.router)
     app.include_router(revdesk.router)
 
@@ -97,12 +111,34 @@ def create_app(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             # FastAPI documents a 422 for any route with parameters; RevDesk's validation errors are 400s.
-            schema["paths"][revdesk.PATH]["post"]["responses"].pop("422", None)
+            operation = schema["paths"][revdesk.PATH]["post"]
+            operation["responses"].pop("422", None)
+            # The configured bound, which the route checks itself (see revdesk.web_call).
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == revdesk.IDEMPOTENCY_HEADER:
+                    limits = {"minLength": 1, "maxLength": settings.door_idempotency_key_max_chars}
+                    parameter["schema"] = {**parameter["schema"], **limits}
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _state(settings: Settings, clock: Callable[[], float]) -> tuple[Limiter, Idempotency]:
+    """Rate-limit buckets and idempotency entries: in this process, or shared through the database."""
+    if settings.door_shared_state == "database":
+        from door.shared_state import DatabaseIdempotency, DatabaseRateLimiter, shared_engine
+
+        engine = shared_engine(settings.database_url)
+        return (
+            DatabaseRateLimiter(engine, settings.door_rate_limit_per_minute),
+            DatabaseIdempotency(engine, settings.door_idempotency_ttl_s),
+        )
+    return (
+        RateLimiter(settings.door_rate_limit_per_minute, clock=clock),
+        IdempotencyStore(settings.door_idempotency_ttl_s, clock=clock),
+    )
 
 
 async def _close(creator: SessionCreator) -> None:

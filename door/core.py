@@ -5,9 +5,10 @@ Order of checks, and why:
    key cannot probe which ids exist outside its scope.
 2. catalog — an unknown id is 404; a disabled agent or team (or a team whose greeting member's agent is
    disabled) is 409: the resource exists but its state forbids calls, which is not the caller's permission.
-3. context variables — seeds are coerced against the agent's active revision; team calls ignore them.
-4. the token is minted, then the session row is created with the same session id; if storage fails the
-   token is never handed out.
+3. context variables — at most DOOR_MAX_CONTEXT_VARS, coerced against the agent's active revision within their
+   bounds (catalog/context_vars.py); team calls ignore them.
+4. the token is minted and must fit DOOR_MAX_TOKEN_BYTES (it reaches LiveKit in a URL), then the session row is
+   created with the same session id; if storage fails the token is never handed out.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any, Literal
 
 import anyio.to_thread
 
-from catalog.context_vars import coerce_seeds
+from catalog.context_vars import ValueLimits, coerce_seeds
 from catalog.loader import CatalogStore
-from door.errors import ScopeDenied, SessionStoreUnavailable, TargetDisabled, TargetNotFound
+from door.errors import ScopeDenied, SeedsRefused, SessionStoreUnavailable, TargetDisabled, TargetNotFound
 from door.keys import ApiKey
 from door.sessions import SessionCreator, create_session
 from worker.dispatch import SessionType
@@ -46,6 +47,9 @@ class WebCallService:
         self._settings = settings
         self._catalog_store = catalog_store
         self._session_creator = session_creator
+        self._limits = ValueLimits(
+            settings.context_var_max_string_chars, settings.context_var_max_abs_int, settings.context_var_max_abs_float
+        )
 
     async def start_call(
         self,
@@ -70,7 +74,12 @@ class WebCallService:
             if not agent.enabled:
                 raise TargetDisabled(f"agent {target.id} is disabled")
             if context_variables:
-                seeds = coerce_seeds(agent.active_revision.context_variables, context_variables)
+                if len(context_variables) > self._settings.door_max_context_vars:
+                    raise SeedsRefused(
+                        f"{len(context_variables)} context variables given; at most "
+                        f"{self._settings.door_max_context_vars} are allowed"
+                    )
+                seeds = coerce_seeds(agent.active_revision.context_variables, context_variables, self._limits)
         else:
             team = catalog.teams.get(target.id)
             if team is None:
@@ -91,6 +100,12 @@ class WebCallService:
             team_id=team_id,
             context_variables=seeds or None,
         )
+        token_bytes = len(minted.access_token)
+        if token_bytes > self._settings.door_max_token_bytes:
+            raise SeedsRefused(
+                f"the context variables make the call token {token_bytes} bytes long; at most "
+                f"{self._settings.door_max_token_bytes} bytes fit (shorten the values)"
+            )
         try:
             await create_session(
                 self._session_creator,
@@ -103,7 +118,10 @@ class WebCallService:
         except Exception as exc:
             # Only the type: storage errors can carry connection strings.
             log.error(
-                "web call refused: session %s could not be recorded (%s)", minted.session_id, type(exc).__name__
+                "web call refused: session %s could not be recorded (%s)",
+                minted.session_id,
+                type(exc).__name__,
+                extra=self._call_fields(minted, agent_id),
             )
             raise SessionStoreUnavailable("the call could not be recorded; try again shortly") from None
         log.info(
@@ -113,5 +131,11 @@ class WebCallService:
             target.id,
             minted.session_id,
             minted.room_name,
+            extra={**self._call_fields(minted, agent_id), "team_id": str(team_id) if team_id else None},
         )
         return minted
+
+    @staticmethod
+    def _call_fields(minted: MintedCall, agent_id: uuid.UUID | None) -> dict[str, str | None]:
+        # The same field names as the worker's call lines (worker/logcontext.py), so one query finds both.
+        return {"session_id": str(minted.session_id), "agent_id": str(agent_id) if agent_id else None}

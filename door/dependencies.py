@@ -7,23 +7,29 @@ Authentication runs as a dependency so that it is decided before the endpoint bo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from door.core import WebCallService
 from door.errors import RateLimited, Unauthorized
-from door.idempotency import IdempotencyStore
+from door.idempotency import Idempotency
 from door.keys import ApiKey, KeyRing
-from door.ratelimit import RateLimiter
+
+
+class Limiter(Protocol):
+    async def acquire_async(self, key: str) -> int | None: ...
 
 
 @dataclass(frozen=True)
 class DoorContext:
     service: WebCallService
     keys: KeyRing
-    limiter: RateLimiter
-    idempotency: IdempotencyStore
+    limiter: Limiter
+    idempotency: Idempotency
+    max_api_key_chars: int
+    idempotency_key_max_chars: int
 
 
 def door_context(request: Request) -> DoorContext:
@@ -31,11 +37,16 @@ def door_context(request: Request) -> DoorContext:
     return context
 
 
-def _admit(context: DoorContext, presented: str | None, challenge: dict[str, str]) -> ApiKey:
+async def _admit(context: DoorContext, presented: str | None, challenge: dict[str, str]) -> ApiKey:
+    if presented is not None and len(presented) > context.max_api_key_chars:
+        # Refused before hashing: no configured key is this long, and nothing large gets hashed per request.
+        raise Unauthorized(
+            f"invalid API key: longer than {context.max_api_key_chars} characters", headers=challenge
+        )
     key = context.keys.authenticate(presented)
     if key is None:
         raise Unauthorized("missing or invalid API key", headers=challenge)
-    retry_after = context.limiter.acquire(key.name)
+    retry_after = await context.limiter.acquire_async(key.name)
     if retry_after is not None:
         raise RateLimited(retry_after)
     return key
@@ -52,11 +63,11 @@ bearer = HTTPBearer(
 
 
 async def feather_caller(request: Request, presented: str | None = Security(api_key_header)) -> ApiKey:
-    return _admit(door_context(request), presented, {})
+    return await _admit(door_context(request), presented, {})
 
 
 async def revdesk_caller(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)
 ) -> ApiKey:
     presented = credentials.credentials if credentials is not None else None
-    return _admit(door_context(request), presented, {"WWW-Authenticate": "Bearer"})
+    return await _admit(door_context(request), presented, {"WWW-Authenticate": "Bearer"})

@@ -56,3 +56,10 @@ class RateLimited(DoorError):
 class SessionStoreUnavailable(DoorError):
     status_code = 503
     code = "unavailable"
+
+
+class SeedsRefused(DoorError):
+    """The context variables as a whole are refused (too many, or they make the token too large)."""
+
+    status_code = 422
+    code = "validation_error"

@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from catalog.context_vars import ContextVarErrors
 from door.core import CallTarget
 from door.dependencies import DoorContext, door_context, feather_caller
-from door.errors import DoorError
+from door.errors import DoorError, SeedsRefused
 from door.keys import ApiKey
 from door.schemas import RETRY_AFTER_HEADER, HTTPError, WebCallRequest, WebCallResponse
 
@@ -35,7 +35,10 @@ grant inside the token, so the browser cannot change which agent it talks to. Th
 Errors: 401 missing or unknown key; 403 the key is not scoped to this agent or team; 404 unknown agent or
 team; 409 the agent or team exists but is disabled (or a team's greeting agent is); 422 invalid body,
 both or neither of `agent_id`/`team_id`, or a context variable that is undeclared, system-set or not
-coercible; 429 the key's rate limit, with `Retry-After`; 503 the session could not be recorded.
+coercible or out of its bounds, more than `DOOR_MAX_CONTEXT_VARS` variables, or seeds that would make the token
+larger than `DOOR_MAX_TOKEN_BYTES`; 400 a body that is JSON but cannot be parsed; 408 the body did not arrive
+within `DOOR_BODY_TIMEOUT_S`; 413 a body over `DOOR_MAX_BODY_BYTES`; 429 the key's rate limit, with
+`Retry-After`; 500 an unexpected failure; 503 the session could not be recorded.
 """
 
 
@@ -69,11 +72,15 @@ def _refusal(description: str, **extra: Any) -> dict[str, Any]:
     description=DESCRIPTION,
     response_model=WebCallResponse,
     responses={
+        400: _refusal("The body could not be parsed"),
         401: _refusal("Missing or unknown API key"),
         403: _refusal("The API key is not scoped to this agent or team"),
         404: _refusal("Unknown agent or team"),
+        408: _refusal("The request body did not arrive in time"),
         409: _refusal("The agent or team is disabled"),
+        413: _refusal("The request body is too large"),
         429: _refusal("Rate limited", headers=RETRY_AFTER_HEADER),
+        500: _refusal("Unexpected failure"),
         503: _refusal("The session could not be recorded"),
     },
 )
@@ -99,5 +106,9 @@ async def web_call(
                 }
                 for error in exc.errors
             ]
+        ) from None
+    except SeedsRefused as exc:
+        raise RequestValidationError(
+            [{"loc": ("body", "context_variables"), "msg": exc.message, "type": "context_variables_too_large"}]
         ) from None
     return minted.as_web_call_response()

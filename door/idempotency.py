@@ -5,7 +5,8 @@ token of) another client's response. Only successful responses are stored: a ref
 with the same key once the cause is fixed. One asyncio lock per key serialises concurrent requests that
 share a key, so parallel retries create one session and the rest replay it.
 
-State lives in this process (one door replica); entries expire `ttl_s` after they were stored.
+State lives in this process (one door replica; door/shared_state.py has the database version for several);
+entries expire `ttl_s` after they were stored.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-MAX_KEY_LENGTH = 255
 DEFAULT_MAX_ENTRIES = 100_000
 
 
@@ -37,6 +37,12 @@ class _Entry:
     fingerprint: str
     response: StoredResponse
     expires_at: float
+
+
+class Idempotency(Protocol):
+    async def run(
+        self, scope: str, key: str, fingerprint: str, produce: Callable[[], Awaitable[StoredResponse]]
+    ) -> tuple[StoredResponse, bool]: ...
 
 
 def request_fingerprint(method: str, path: str, body: bytes) -> str:

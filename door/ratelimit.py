@@ -1,6 +1,6 @@
 """Per-API-key token buckets: a key may burst its whole minute at once, then refills evenly.
 
-State lives in this process; several door replicas each enforce the limit on their own share of traffic.
+State lives in this process (one replica); door/shared_state.py keeps the same buckets in the database.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ class RateLimiter:
         self._buckets: dict[str, _Bucket] = {}
         # Handlers run on the event loop, but a sync caller in a worker thread must not double-spend a token.
         self._lock = threading.Lock()
+
+    async def acquire_async(self, key: str) -> int | None:
+        return self.acquire(key)
 
     def acquire(self, key: str) -> int | None:
         """Spend one token of `key`: None when allowed, else the whole seconds to wait (Retry-After)."""

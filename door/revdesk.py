@@ -17,42 +17,32 @@ from pydantic.json_schema import SkipJsonSchema
 from door.core import CallTarget
 from door.dependencies import DoorContext, door_context, revdesk_caller
 from door.errors import DoorError, IdempotencyKeyReused, TargetNotFound
-from door.idempotency import MAX_KEY_LENGTH, IdempotencyConflict, StoredResponse, request_fingerprint
+from door.idempotency import IdempotencyConflict, StoredResponse, request_fingerprint
 from door.keys import ApiKey
+from door.refusals import envelope
 from door.schemas import RETRY_AFTER_HEADER, ErrorEnvelope, RevDeskWebCallResponse
 
 OPERATION_ID = "v1_agents_id_web_call_post"
 PATH = "/v1/agents/{id}/web-call"
 REPLAY_HEADER = "Idempotent-Replayed"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 DESCRIPTION = """\
 Mint a LiveKit join token for a browser test call with an agent. Hand `token` and `room_url` to the
 browser client; LiveKit creates the room when it joins and dispatches the agent, named in a signed grant
 inside the token. The session is recorded with `session_type="test"`.
 
-`Idempotency-Key` (1-255 characters, a UUID is recommended): a repeat of the same request with the same key,
+`Idempotency-Key` (1 to `DOOR_IDEMPOTENCY_KEY_MAX_CHARS`, by default 255, characters; a UUID is recommended): a repeat of the same request with the same key,
 within the key's lifetime, returns the stored response with `Idempotent-Replayed: true` and starts no second
 session; concurrent repeats wait for the first. The same key on a different request is a 409
 (`idempotency_conflict`). Keys are scoped to the API key that used them; refusals are not stored.
 
 Errors (`error.code`): 400 `validation_error`; 401 `unauthorized`; 403 `forbidden` (the key is not scoped
-to this agent); 404 `not_found` (unknown agent, or an id that is not a UUID); 409 `disabled` or
-`idempotency_conflict`; 429 `rate_limited` with `Retry-After`; 503 `unavailable` (session not recorded).
+to this agent); 404 `not_found` (unknown agent, or an id that is not a UUID); 405 `method_not_allowed`;
+408 `request_timeout` (the body did not arrive in time); 409 `disabled` or `idempotency_conflict`; 413
+`payload_too_large` (body over `DOOR_MAX_BODY_BYTES`); 415 `unsupported_media_type` (a body that is not
+JSON); 429 `rate_limited` with `Retry-After`; 500 `internal_error`; 503 `unavailable` (session not recorded).
 """
-
-
-def envelope(
-    status_code: int,
-    code: str,
-    message: str,
-    *,
-    fields: dict[str, str] | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if fields:
-        error["fields"] = fields
-    return JSONResponse({"error": error}, status_code=status_code, headers=headers)
 
 
 def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -107,19 +97,24 @@ _ERROR = {"model": ErrorEnvelope}
         401: {"description": "Unauthorized", **_ERROR},
         403: {"description": "Forbidden", **_ERROR},
         404: {"description": "Not found", **_ERROR},
+        405: {"description": "Method not allowed", **_ERROR},
+        408: {"description": "The request body did not arrive in time", **_ERROR},
         409: {"description": "Conflict (incl. idempotency conflicts)", **_ERROR},
+        413: {"description": "The request body is too large", **_ERROR},
+        415: {"description": "A request body that is not JSON", **_ERROR},
         429: {"description": "Rate limited", "headers": RETRY_AFTER_HEADER, **_ERROR},
+        500: {"description": "Unexpected failure", **_ERROR},
         503: {"description": "The session could not be recorded", **_ERROR},
     },
 )
 async def web_call(
     request: Request,
     id: str = Path(description="The agent's id (a UUID)."),
+    # Its length is checked below against the configured limit (the app's OpenAPI states it), with a message
+    # in characters: pydantic's own check on an optional header words it as "items".
     idempotency_key: str | SkipJsonSchema[None] = Header(
         None,
         alias="Idempotency-Key",
-        min_length=1,
-        max_length=MAX_KEY_LENGTH,
         description="When present, deduplicates repeat submissions (a UUID is recommended).",
     ),
     key: ApiKey = Depends(revdesk_caller),
@@ -141,6 +136,11 @@ async def web_call(
             "ice_servers": [],
         }
         return StoredResponse(200, {"data": data})
+
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= door.idempotency_key_max_chars:
+        most = door.idempotency_key_max_chars
+        problem = f"is {len(idempotency_key)} characters long; it must be 1 to {most} characters"
+        return envelope(400, "validation_error", "the request is not valid", fields={IDEMPOTENCY_HEADER: problem})
 
     if idempotency_key is None:
         response = await serve()

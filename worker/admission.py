@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from catalog.context_vars import ContextVarErrors, coerce_seeds
+from catalog.context_vars import ContextVarErrors, ValueLimits, coerce_seeds
 from catalog.loader import Catalog
 from catalog.models import Agent, Revision, Team
 from catalog.pipeline_config import VoicePipelineConfig
@@ -103,7 +103,11 @@ def admit(
     revision = agent.active_revision
     if seeds:
         try:
-            seeds = coerce_seeds(revision.context_variables, seeds)
+            # The door's bounds, so a value the door let through is never refused here (and vice versa).
+            limits = ValueLimits(
+                settings.context_var_max_string_chars, settings.context_var_max_abs_int, settings.context_var_max_abs_float
+            )
+            seeds = coerce_seeds(revision.context_variables, seeds, limits)
         except ContextVarErrors as exc:
             raise DispatchRejected(AdmissionReason.INVALID_CONTEXT_VARIABLES, str(exc)) from None
     return Admission(claims=claims, agent=agent, revision=revision, pipeline=pipeline, team=team, seeds=seeds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import uuid
 from pathlib import Path
@@ -87,10 +88,12 @@ def run_worker(args: argparse.Namespace, *, dev: bool, app: Path = APP) -> int:
         _use_multiprocess_metrics()
     from worker.check import check_catalog
 
+    # Production lines are JSON from the first one (livekit's own set-up only comes later, in livekit_main).
+    early = None if dev else _json_logging(args.log_level)
     catalog, problems = check_catalog(settings.catalog_path, settings)
     for problem in problems:
-        print(f"catalog problem (that agent or team will be refused): {problem}", file=sys.stderr)
-    print(f"voice-worker: catalog {settings.catalog_path}: {catalog.summary()}", file=sys.stderr)
+        _early_line(dev, logging.WARNING, f"catalog problem (that agent or team will be refused): {problem}")
+    _early_line(dev, logging.INFO, f"voice-worker: catalog {settings.catalog_path}: {catalog.summary()}")
     # Job processes and the outbox loop assume the schema is current; the door runs the same migration.
     from records.migrate import upgrade
 
@@ -108,6 +111,8 @@ def run_worker(args: argparse.Namespace, *, dev: bool, app: Path = APP) -> int:
 
     connectivity.install(settings.livekit_url)
     argv = ["start", str(app), "--log-level", args.log_level]
+    if early is not None:
+        logging.getLogger().removeHandler(early)  # livekit_main installs its own JSON handler
     if not dev:
         # JSON lines; each record of a call carries session_id, agent_id and job_id (worker/logcontext.py)
         return livekit_main([*argv, "--log-format", "json"])
@@ -116,6 +121,19 @@ def run_worker(args: argparse.Namespace, *, dev: bool, app: Path = APP) -> int:
     # a laptop with livekit-server installed and nothing on the dev port gets one for the worker's lifetime
     with ensure_dev_server(settings.livekit_url):
         return livekit_main([*argv, "--dev"])
+
+
+def _json_logging(level: str) -> logging.Handler:
+    from worker import logcontext
+
+    return logcontext.install_json_logging(level)
+
+
+def _early_line(dev: bool, level: int, message: str) -> None:
+    if dev:
+        print(message, file=sys.stderr)
+    else:
+        logging.getLogger("voice_worker.catalog").log(level, message)
 
 
 # --- check ------------------------------------------------------------------------------------------------
@@ -228,6 +246,9 @@ def _door(args: argparse.Namespace) -> int:
     from door.app import serve
 
     settings = _settings(args)
+    if not settings.is_dev:
+        # Every line JSON, uvicorn's access and error lines included (door.server keeps this set-up).
+        _json_logging("INFO")
     serve(settings)
     return EXIT_OK
 

@@ -11,6 +11,10 @@ The main process supervises each job process and logs about it with the job's id
 by the dispatch gate when it accepts a job) lets the filter add the session and agent to those lines too.
 
 Only identifiers are ever bound: nothing here can carry a secret into a log line.
+
+The filter also names each record's logger as `logger`, so every JSON line has level, logger and message.
+`install_json_logging()` gives a process that livekit's CLI does not set up (the door, the worker's own lines
+before livekit starts) the same JSON lines: livekit's formatter plus this filter.
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ def remember_job(job_id: str, **fields: str) -> None:
 
 class CallContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        # livekit's JSON formatter writes the logger as "name"; operators' queries use "logger".
+        if not hasattr(record, "logger"):
+            record.logger = record.name
         fields = _fields.get()
         if not fields:
             job_id = getattr(record, "job_id", None)
@@ -80,3 +87,16 @@ def install(logger: logging.Logger | None = None) -> None:
     for handler in (logger or logging.getLogger()).handlers:
         if _filter not in handler.filters:
             handler.addFilter(_filter)
+
+
+def install_json_logging(level: str | int = logging.INFO) -> logging.Handler:
+    """One JSON object per line on stderr for every logger of this process; returns the handler it added."""
+    from livekit.agents.cli.log import JsonFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    install(root)
+    return handler

@@ -82,6 +82,36 @@ class Settings(BaseSettings):
     door_host: str = Field("0.0.0.0", validation_alias="DOOR_HOST")
     door_port: int = Field(8000, ge=1, le=65535, validation_alias="DOOR_PORT")
 
+    # --- web-call door: limits, timeouts, shared state (door/limits.py; README "Door limits") ---
+    # Request bodies are refused (413) beyond this many bytes, declared or streamed, before any parsing.
+    door_max_body_bytes: int = Field(16_384, ge=1_024, le=1_048_576, validation_alias="DOOR_MAX_BODY_BYTES")
+    # All request headers together (uvicorn's h11 buffer); beyond it the connection gets a bare 400.
+    door_max_header_bytes: int = Field(16_384, ge=4_096, le=1_048_576, validation_alias="DOOR_MAX_HEADER_BYTES")
+    door_max_api_key_chars: int = Field(256, ge=32, le=4_096, validation_alias="DOOR_MAX_API_KEY_CHARS")
+    door_idempotency_key_max_chars: int = Field(
+        255, ge=16, le=1_024, validation_alias="DOOR_IDEMPOTENCY_KEY_MAX_CHARS"
+    )
+    door_max_context_vars: int = Field(64, ge=1, le=1_000, validation_alias="DOOR_MAX_CONTEXT_VARS")
+    # Defaults for context variables whose ContextVarSpec declares no bound of its own (catalog/context_vars.py).
+    context_var_max_string_chars: int = Field(
+        1_024, ge=1, le=100_000, validation_alias="CONTEXT_VAR_MAX_STRING_CHARS"
+    )
+    context_var_max_abs_int: int = Field(
+        2**53 - 1, ge=1, le=2**63 - 1, validation_alias="CONTEXT_VAR_MAX_ABS_INT"
+    )
+    context_var_max_abs_float: float = Field(1e15, gt=0, le=1e308, validation_alias="CONTEXT_VAR_MAX_ABS_FLOAT")
+    # The browser token travels in the WebSocket URL to LiveKit: stay far below livekit-server's limits (512 KiB
+    # metadata, 1 MiB of request headers) and under the 8 KiB request line of common reverse proxies.
+    door_max_token_bytes: int = Field(7_680, ge=1_024, le=524_288, validation_alias="DOOR_MAX_TOKEN_BYTES")
+    # A client must finish its request headers / its body within these many seconds of starting them.
+    door_header_timeout_s: float = Field(10.0, gt=0, le=300, validation_alias="DOOR_HEADER_TIMEOUT_S")
+    door_body_timeout_s: float = Field(10.0, gt=0, le=300, validation_alias="DOOR_BODY_TIMEOUT_S")
+    # SIGTERM: in-flight requests may finish for this long before the door exits.
+    door_shutdown_timeout_s: float = Field(20.0, gt=0, le=600, validation_alias="DOOR_SHUTDOWN_TIMEOUT_S")
+    # "memory": rate-limit buckets and idempotency entries live in the process (one replica). "database": they
+    # live in DATABASE_URL's database, shared by every replica (PostgreSQL for several hosts).
+    door_shared_state: Literal["memory", "database"] = Field("memory", validation_alias="DOOR_SHARED_STATE")
+
     health_port: int = Field(8081, ge=0, le=65535, validation_alias="HEALTH_PORT")
     health_host: str = Field("0.0.0.0", validation_alias="HEALTH_HOST")
 
