@@ -1,0 +1,125 @@
+"""A real livekit-server (the pinned build from scripts/install-livekit-server), one per test module.
+
+Configured the way the tests need it and nothing more: explicit keys (never the public dev pair), free ports,
+signalling on loopback and the server test host, ICE only on the test network (tests/e2e/network.py) with the
+server's node IP advertised, `logging.level: warn` so its log says something only when something is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.e2e.network import SERVER_HOST
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSIONS = ROOT / "scripts" / "versions.env"
+BINARY = ROOT / ".tools" / "bin" / "livekit-server"
+READY_TIMEOUT_S = 20.0
+
+
+def pinned_version() -> str:
+    """LIVEKIT_SERVER_VERSION from scripts/versions.env, without the leading v."""
+    for line in VERSIONS.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == "LIVEKIT_SERVER_VERSION":
+            return value.strip().removeprefix("v")
+    raise RuntimeError(f"{VERSIONS.name} does not pin LIVEKIT_SERVER_VERSION")
+
+
+def installed_version(binary: Path = BINARY) -> str | None:
+    if not binary.exists():
+        return None
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=10).stdout
+    return out.split()[-1] if out.split() else None
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveKitServer:
+    url: str
+    http_url: str
+    api_key: str
+    api_secret: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@contextmanager
+def running_livekit_server(binary: Path = BINARY) -> Iterator[LiveKitServer]:
+    port, tcp_port, udp_port = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
+    api_key, api_secret = "e2e-" + secrets.token_hex(4), secrets.token_urlsafe(32)
+    config = {
+        "port": port,
+        "bind_addresses": ["127.0.0.1", SERVER_HOST],
+        "keys": {api_key: api_secret},
+        "logging": {"level": "warn"},
+        "rtc": {
+            "tcp_port": tcp_port,
+            "udp_port": udp_port,
+            "use_external_ip": False,
+            "node_ip": SERVER_HOST,
+        },
+    }
+    log_file = tempfile.NamedTemporaryFile(prefix="livekit-server-e2e-", suffix=".log", delete=False)  # noqa: SIM115 -- outlives the block for the failure report
+    process = subprocess.Popen(
+        [str(binary), "--config-body", yaml.safe_dump(config)],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        # the keys come from the config only: an operator's LIVEKIT_* variables would override it
+        env={k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "NODE_IP", "UDP_PORT", "REDIS_"))},
+    )
+    server = LiveKitServer(
+        url=f"ws://127.0.0.1:{port}",
+        http_url=f"http://127.0.0.1:{port}",
+        api_key=api_key,
+        api_secret=api_secret,
+        process=process,
+        log_path=Path(log_file.name),
+    )
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"livekit-server exited with {process.returncode}:\n{server.log_text()[-3000:]}")
+            try:
+                if httpx.get(server.http_url, timeout=0.5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"livekit-server not ready in {READY_TIMEOUT_S} s:\n{server.log_text()[-3000:]}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log_file.close()
