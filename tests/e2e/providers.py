@@ -24,7 +24,10 @@ T = TypeVar("T")
 class ProviderDoubles:
     def __init__(self, *, webhook_secret: str, tts_seconds_per_char: float = 0.06) -> None:
         self.openai = OpenAIServerDouble(speech_seconds_per_char=tts_seconds_per_char)
-        self.deepgram = DeepgramServerDouble(tts_seconds_per_char=tts_seconds_per_char)
+        # Deepgram finalises at every pause longer than livekit's 25 ms endpointing, so one spoken question is
+        # several finals: the scripted text is the first, the rest are empty (as Deepgram answers for breath
+        # and noise) instead of the double's default word.
+        self.deepgram = DeepgramServerDouble(tts_seconds_per_char=tts_seconds_per_char, default_transcript="")
         self.webhook = WebhookReceiver(secret=webhook_secret)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="provider-doubles", daemon=True)

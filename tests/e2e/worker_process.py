@@ -169,3 +169,52 @@ class WorkerProcess:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+class DoorProcess:
+    """`voice-worker door` in production mode with one generated API key (scoped to everything)."""
+
+    def __init__(self, env: WorkerEnv, workdir: Path) -> None:
+        from door.keys import generate_api_key, hash_api_key
+
+        self.api_key = generate_api_key()
+        keys_file = workdir / "door-keys.yaml"
+        keys_file.write_text(
+            f'- name: e2e\n  sha256: {hash_api_key(self.api_key)}\n  scopes: {{agents: ["*"], teams: ["*"]}}\n'
+        )
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "door.log"
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 -- closed in stop()
+        self.process = subprocess.Popen(
+            [str(VOICE_WORKER), "door"],
+            env=env.as_environ(DOOR_API_KEYS_FILE=str(keys_file), DOOR_HOST="127.0.0.1", DOOR_PORT=str(self.port)),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"door did not start:\n{self.log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.2)
+
+    def web_call(self, body: dict[str, Any]) -> httpx.Response:
+        """Feather's `POST /v1/voice/web-call`, as the platform's browser client calls it."""
+        return httpx.post(f"{self.url}/v1/voice/web-call", json=body, headers={"x-api-key": self.api_key}, timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
