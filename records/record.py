@@ -72,3 +72,11 @@ class OutboxItem(_Read):
     delivered_at: datetime | None
     last_error: str | None
     created_at: datetime
+    parked_at: datetime | None = None
+
+    @property
+    def state(self) -> str:
+        """queued (retried on the backoff schedule), parked (given up on) or delivered (acknowledged)."""
+        if self.delivered_at is not None:
+            return "delivered"
+        return "queued" if self.parked_at is None else "parked"

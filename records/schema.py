@@ -121,5 +121,7 @@ outbox = sa.Table(
     sa.Column("delivered_at", UTCDateTime(), nullable=True),
     sa.Column("last_error", sa.Text(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    # set when delivery gave up (attempts or age exhausted); cleared by `voice-worker outbox resend`
+    sa.Column("parked_at", UTCDateTime(), nullable=True),
     sa.Index(None, "delivered_at", "next_attempt_at"),
 )

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -40,6 +40,12 @@ T = TypeVar("T")
 
 Clock = Callable[[], datetime]
 PayloadBuilder = Callable[[SessionRecord], dict[str, Any]]
+
+# An outbox entry still to be sent: neither acknowledged nor parked.
+_QUEUED = sa.and_(outbox.c.delivered_at.is_(None), outbox.c.parked_at.is_(None))
+
+OutboxState = Literal["queued", "parked", "delivered", "all"]
+OUTBOX_STATES: tuple[OutboxState, ...] = ("queued", "parked", "delivered", "all")
 
 # Concurrent writers can collide on a unique key (two calls of one end user, door and worker creating the
 # same session); the loser's transaction is simply run again and then sees the winner's row.
@@ -460,57 +466,128 @@ class SessionStore:
             )
 
     async def claim_due_outbox(self, *, now: datetime, limit: int, lease: timedelta) -> list[OutboxItem]:
-        """Undelivered entries due at `now`, each counted as one attempt and leased until `now + lease`
-        so that no other delivery loop (this process after a restart, or another worker) takes it meanwhile."""
+        """Queued entries due at `now`, each counted as one attempt and leased until `now + lease` so that no other
+        delivery loop (this process after a restart, or another worker) takes it meanwhile. The attempt count it
+        returns is the sender's fencing token: renewing the lease, failing or parking the entry needs it to match,
+        so a sender that lost its lease cannot undo what the next one did."""
 
         def tx(conn: Connection) -> list[OutboxItem]:
             ids = list(
                 conn.execute(
                     sa.select(outbox.c.id)
-                    .where(outbox.c.delivered_at.is_(None), outbox.c.next_attempt_at <= now)
+                    .where(_QUEUED, outbox.c.next_attempt_at <= now)
                     .order_by(outbox.c.next_attempt_at, outbox.c.id)
                     .limit(limit)
                     .with_for_update(skip_locked=True)
                 ).scalars()
             )
-            if not ids:
-                return []
-            conn.execute(
-                sa.update(outbox)
-                .where(outbox.c.id.in_(ids))
-                .values(attempts=outbox.c.attempts + 1, next_attempt_at=now + lease)
+            return self._claim(conn, ids, now=now, lease=lease)
+
+        return await self._run(self._transaction, tx)
+
+    async def claim_outbox_entry(self, entry_id: int, *, now: datetime, lease: timedelta) -> OutboxItem | None:
+        """That entry, claimed as `claim_due_outbox` would, if it is queued and due (not in another sender's hands)."""
+
+        def tx(conn: Connection) -> OutboxItem | None:
+            ids = list(
+                conn.execute(
+                    sa.select(outbox.c.id)
+                    .where(outbox.c.id == entry_id, _QUEUED, outbox.c.next_attempt_at <= now)
+                    .with_for_update(skip_locked=True)
+                ).scalars()
             )
-            rows = conn.execute(sa.select(outbox).where(outbox.c.id.in_(ids)).order_by(outbox.c.id)).all()
-            return [_to_outbox_item(r) for r in rows]
+            claimed = self._claim(conn, ids, now=now, lease=lease)
+            return claimed[0] if claimed else None
+
+        return await self._run(self._transaction, tx)
+
+    @staticmethod
+    def _claim(conn: Connection, ids: list[int], *, now: datetime, lease: timedelta) -> list[OutboxItem]:
+        if not ids:
+            return []
+        conn.execute(
+            sa.update(outbox)
+            .where(outbox.c.id.in_(ids))
+            .values(attempts=outbox.c.attempts + 1, next_attempt_at=now + lease)
+        )
+        rows = conn.execute(sa.select(outbox).where(outbox.c.id.in_(ids)).order_by(outbox.c.id)).all()
+        return [_to_outbox_item(r) for r in rows]
+
+    async def renew_outbox_lease(self, item_id: int, *, attempts: int, until: datetime) -> bool:
+        """Extend the sender's lease while its request is in flight; False when the entry is no longer its own."""
+
+        def tx(conn: Connection) -> bool:
+            result = conn.execute(
+                sa.update(outbox)
+                .where(outbox.c.id == item_id, outbox.c.attempts == attempts, _QUEUED)
+                .values(next_attempt_at=until)
+            )
+            return bool(result.rowcount)
 
         return await self._run(self._transaction, tx)
 
     async def mark_outbox_delivered(self, item_id: int, *, at: datetime) -> None:
+        # whoever sent it, an acknowledgement ends the entry (even one parked or re-leased meanwhile)
         def tx(conn: Connection) -> None:
             conn.execute(
                 sa.update(outbox)
                 .where(outbox.c.id == item_id, outbox.c.delivered_at.is_(None))
-                .values(delivered_at=at, last_error=None)
+                .values(delivered_at=at, last_error=None, parked_at=None)
             )
 
         await self._run(self._transaction, tx)
 
-    async def mark_outbox_failed(self, item_id: int, *, error: str, next_attempt_at: datetime) -> None:
+    async def mark_outbox_failed(
+        self, item_id: int, *, error: str, next_attempt_at: datetime, attempts: int | None = None
+    ) -> None:
+        """Schedule the next attempt; with `attempts` (the claim's fencing token) only while the entry is still the
+        caller's."""
+
         def tx(conn: Connection) -> None:
-            conn.execute(
-                sa.update(outbox)
-                .where(outbox.c.id == item_id, outbox.c.delivered_at.is_(None))
-                .values(last_error=error[:2000], next_attempt_at=next_attempt_at)
-            )
+            stmt = sa.update(outbox).where(outbox.c.id == item_id, _QUEUED)
+            if attempts is not None:
+                stmt = stmt.where(outbox.c.attempts == attempts)
+            conn.execute(stmt.values(last_error=error[:2000], next_attempt_at=next_attempt_at))
 
         await self._run(self._transaction, tx)
+
+    async def park_outbox(self, item_id: int, *, attempts: int, error: str, at: datetime) -> bool:
+        """Give up on the entry (dead letter): no more attempts until `requeue_outbox`. False when it was no longer
+        the caller's (delivered, or claimed again by another sender)."""
+
+        def tx(conn: Connection) -> bool:
+            result = conn.execute(
+                sa.update(outbox)
+                .where(outbox.c.id == item_id, outbox.c.attempts == attempts, _QUEUED)
+                .values(last_error=error[:2000], parked_at=at)
+            )
+            return bool(result.rowcount)
+
+        return await self._run(self._transaction, tx)
+
+    async def requeue_outbox(self, entry_id: int, *, now: datetime) -> OutboxItem | None:
+        """An undelivered entry (parked or queued) due now again with fresh budgets: no attempts, and its age counted
+        from now (`created_at`); None when there is no such entry (unknown id, or already delivered)."""
+
+        def tx(conn: Connection) -> OutboxItem | None:
+            result = conn.execute(
+                sa.update(outbox)
+                .where(outbox.c.id == entry_id, outbox.c.delivered_at.is_(None))
+                .values(parked_at=None, attempts=0, next_attempt_at=now, created_at=now)
+            )
+            if not result.rowcount:
+                return None
+            row = conn.execute(sa.select(outbox).where(outbox.c.id == entry_id)).first()
+            return None if row is None else _to_outbox_item(row)
+
+        return await self._run(self._transaction, tx)
 
     async def next_outbox_due_at(self) -> datetime | None:
         def read() -> datetime | None:
             with self._engine.connect() as conn:
                 return conn.execute(
                     sa.select(outbox.c.next_attempt_at)
-                    .where(outbox.c.delivered_at.is_(None))
+                    .where(_QUEUED)
                     .order_by(outbox.c.next_attempt_at)
                     .limit(1)
                 ).scalar()
@@ -527,12 +604,51 @@ class SessionStore:
 
         return await self._run(read)
 
+    async def outbox_entry_by_id(self, entry_id: int) -> OutboxItem | None:
+        def read() -> OutboxItem | None:
+            with self._engine.connect() as conn:
+                row = conn.execute(sa.select(outbox).where(outbox.c.id == entry_id)).first()
+            return None if row is None else _to_outbox_item(row)
+
+        return await self._run(read)
+
     async def undelivered_outbox(self) -> list[OutboxItem]:
+        """Queued entries (parked ones are not retried: `list_outbox("parked")`)."""
+
         def read() -> list[OutboxItem]:
             with self._engine.connect() as conn:
-                rows = conn.execute(
-                    sa.select(outbox).where(outbox.c.delivered_at.is_(None)).order_by(outbox.c.id)
-                ).all()
+                rows = conn.execute(sa.select(outbox).where(_QUEUED).order_by(outbox.c.id)).all()
             return [_to_outbox_item(r) for r in rows]
+
+        return await self._run(read)
+
+    async def list_outbox(self, state: OutboxState = "parked", *, limit: int = 100) -> list[OutboxItem]:
+        """Entries in that state, oldest first."""
+        where = {
+            "queued": _QUEUED,
+            "parked": sa.and_(outbox.c.delivered_at.is_(None), outbox.c.parked_at.is_not(None)),
+            "delivered": outbox.c.delivered_at.is_not(None),
+            "all": sa.true(),
+        }[state]
+
+        def read() -> list[OutboxItem]:
+            with self._engine.connect() as conn:
+                rows = conn.execute(sa.select(outbox).where(where).order_by(outbox.c.id).limit(limit)).all()
+            return [_to_outbox_item(r) for r in rows]
+
+        return await self._run(read)
+
+    async def outbox_counts(self) -> dict[str, int]:
+        """How many entries are queued (not yet acknowledged, still retried) and parked."""
+
+        def read() -> dict[str, int]:
+            parked = sa.case((outbox.c.parked_at.is_not(None), 1), else_=0)
+            with self._engine.connect() as conn:
+                total, parked_count = conn.execute(
+                    sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(parked), 0)).where(
+                        outbox.c.delivered_at.is_(None)
+                    )
+                ).one()
+            return {"queued": int(total) - int(parked_count), "parked": int(parked_count)}
 
         return await self._run(read)

@@ -320,3 +320,46 @@ async def test_a_claimed_outbox_entry_is_leased_until_the_lease_expires(
     assert await store.claim_due_outbox(now=clock.now + timedelta(seconds=39), limit=10, lease=lease) == []
     again = await store.claim_due_outbox(now=clock.now + timedelta(seconds=40), limit=10, lease=lease)
     assert [e.attempts for e in again] == [2]
+
+
+async def test_the_claims_attempt_count_fences_lease_renewal_failure_and_parking(
+    store: SessionStore, clock: FakeClock
+) -> None:
+    sid = uuid.uuid4()
+    await store.complete(make_outcome(sid))
+    result = PostcallResult(summary=None, summary_state=SummaryState.SKIPPED, memory_state=MemoryState.SKIPPED)
+    await store.finish_postcall(sid, result, fact_cap=5, webhook_payload=lambda r: {"id": str(r.id)})
+    lease = timedelta(seconds=5)
+
+    (first,) = await store.claim_due_outbox(now=clock.now, limit=10, lease=lease)
+    assert await store.renew_outbox_lease(first.id, attempts=first.attempts, until=clock.now + timedelta(seconds=10))
+    assert await store.claim_due_outbox(now=clock.now + timedelta(seconds=9), limit=10, lease=lease) == []
+    # the first sender stalls past its renewed lease: a second one takes the entry
+    clock.advance(seconds=11)
+    (second,) = await store.claim_due_outbox(now=clock.now, limit=10, lease=lease)
+    assert second.attempts == first.attempts + 1
+    # the stale sender can no longer renew, reschedule or park it
+    assert not await store.renew_outbox_lease(first.id, attempts=first.attempts, until=clock.now + lease)
+    await store.mark_outbox_failed(first.id, error="stale", next_attempt_at=clock.now, attempts=first.attempts)
+    assert not await store.park_outbox(first.id, attempts=first.attempts, error="stale", at=clock.now)
+    assert await store.claim_due_outbox(now=clock.now, limit=10, lease=lease) == []
+
+    assert await store.park_outbox(second.id, attempts=second.attempts, error="HTTP 503", at=clock.now)
+    assert await store.outbox_counts() == {"queued": 0, "parked": 1}
+    assert await store.undelivered_outbox() == []
+    assert await store.next_outbox_due_at() is None
+    assert await store.claim_due_outbox(now=clock.now + timedelta(days=2), limit=10, lease=lease) == []
+    (parked,) = await store.list_outbox("parked")
+    assert parked.state == "parked" and parked.last_error == "HTTP 503" and parked.parked_at == clock.now
+
+    clock.advance(seconds=60)
+    requeued = await store.requeue_outbox(parked.id, now=clock.now)
+    assert requeued is not None and requeued.state == "queued" and requeued.attempts == 0
+    assert requeued.created_at == clock.now  # the age budget starts again
+    again = await store.claim_outbox_entry(parked.id, now=clock.now, lease=lease)
+    assert again is not None and again.attempts == 1
+    assert await store.claim_outbox_entry(parked.id, now=clock.now, lease=lease) is None  # leased
+    await store.mark_outbox_delivered(parked.id, at=clock.now)
+    assert [e.id for e in await store.list_outbox("delivered")] == [parked.id]
+    assert await store.requeue_outbox(parked.id, now=clock.now) is None
+    assert await store.outbox_counts() == {"queued": 0, "parked": 0}

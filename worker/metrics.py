@@ -112,6 +112,15 @@ class _Metrics:
         self.webhook_retries: Counter = Counter(
             "voice_worker_postcall_webhook_retries", "Session webhook attempts after the first for the same session"
         )
+        self.webhook_parked: Counter = Counter(
+            "voice_worker_postcall_webhook_parked",
+            "Session webhooks given up on after OUTBOX_MAX_ATTEMPTS or OUTBOX_MAX_AGE_S (voice-worker outbox resend)",
+        )
+        self.outbox_parked: Gauge = Gauge(
+            "voice_worker_postcall_outbox_parked",
+            "Session webhooks parked and not re-sent yet (alert when above 0)",
+            multiprocess_mode="max",
+        )
 
 
 @functools.cache
@@ -207,6 +216,15 @@ def webhook_attempt(attempt: int, delivered: bool) -> None:
 
 def outbox_backlog(undelivered: int) -> None:
     metrics().outbox_backlog.set(undelivered)
+
+
+def webhook_parked() -> None:
+    """postcall.outbox's park observer."""
+    metrics().webhook_parked.inc()
+
+
+def outbox_parked(parked: int) -> None:
+    metrics().outbox_parked.set(parked)
 
 
 # --- processes and exposition ----------------------------------------------------------------------------------

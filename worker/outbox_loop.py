@@ -6,7 +6,8 @@ as long as the worker runs. It starts when the AgentServer has started and is st
 job has ended (worker/server.py `VoiceWorkerServer.aclose`), so the webhooks of calls that ended during the drain
 are sent before the process exits. What still fails then stays queued in the database for the next start.
 
-It also reads the backlog (undelivered entries) for the `voice_worker_postcall_outbox_backlog` gauge.
+It also reads the backlog (queued entries) and the parked entries for the `voice_worker_postcall_outbox_backlog`
+and `voice_worker_postcall_outbox_parked` gauges. Every read and write goes through the store (records/store.py).
 """
 
 from __future__ import annotations
@@ -15,12 +16,7 @@ import asyncio
 import contextlib
 import logging
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
-
 from postcall.outbox import OutboxDelivery
-from records.engine import create_engine
-from records.schema import outbox
 from records.store import SessionStore
 from worker import metrics
 from worker.settings import Settings
@@ -35,7 +31,6 @@ class OutboxLoop:
     def __init__(self, settings: Settings, *, backlog_interval_s: float = BACKLOG_INTERVAL_S) -> None:
         self._settings = settings
         self._backlog_interval_s = backlog_interval_s
-        self._engine: Engine | None = None
         self._store: SessionStore | None = None
         self._delivery: OutboxDelivery | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -50,11 +45,10 @@ class OutboxLoop:
         if self._tasks or self._stopped or not self._settings.postcall_webhook_url:
             return
         settings = self._settings
-        self._engine = create_engine(settings.database_url)
-        self._store = SessionStore(
-            settings.database_url, retention_days=settings.memory_retention_days, engine=self._engine
+        self._store = SessionStore.from_settings(settings)
+        self._delivery = OutboxDelivery.from_settings(
+            self._store, settings, on_attempt=metrics.webhook_attempt, on_parked=metrics.webhook_parked
         )
-        self._delivery = OutboxDelivery.from_settings(self._store, settings, on_attempt=metrics.webhook_attempt)
         assert self._delivery is not None
         self._tasks = [
             asyncio.create_task(self._delivery.run(), name="voice_worker_outbox_delivery"),
@@ -63,18 +57,11 @@ class OutboxLoop:
         log.info("post-call webhook delivery running in the main worker process")
 
     async def backlog(self) -> int:
-        engine = self._engine
-        assert engine is not None
-
-        def count() -> int:
-            with engine.connect() as conn:
-                return int(
-                    conn.execute(
-                        sa.select(sa.func.count()).select_from(outbox).where(outbox.c.delivered_at.is_(None))
-                    ).scalar_one()
-                )
-
-        return await asyncio.to_thread(count)
+        """Entries queued and not yet acknowledged (parked ones excluded); also sets both gauges."""
+        assert self._store is not None
+        counts = await self._store.outbox_counts()
+        metrics.outbox_parked(counts["parked"])
+        return counts["queued"]
 
     async def _watch_backlog(self) -> None:
         while True:
@@ -92,7 +79,7 @@ class OutboxLoop:
             self._stopped = True
             return None
         self._stopped = True
-        delivery, store, engine = self._delivery, self._store, self._engine
+        delivery, store = self._delivery, self._store
         remaining: int | None = None
         try:
             remaining = await delivery.flush(self._settings.outbox_flush_timeout_s)
@@ -112,6 +99,4 @@ class OutboxLoop:
             await delivery.aclose()
             if store is not None:
                 await store.aclose()
-            elif engine is not None:
-                engine.dispose()
         return remaining

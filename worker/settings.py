@@ -70,6 +70,14 @@ class Settings(BaseSettings):
     postcall_step_timeout_s: float = Field(30.0, gt=0, le=600, validation_alias="POSTCALL_STEP_TIMEOUT_S")
     outbox_retry_base_s: float = Field(2.0, gt=0, le=600, validation_alias="OUTBOX_RETRY_BASE_S")
     outbox_retry_max_s: float = Field(300.0, gt=0, le=86_400, validation_alias="OUTBOX_RETRY_MAX_S")
+    # One webhook request, connect to response, seconds; a receiver slower than this is sent the record again.
+    outbox_request_timeout_s: float = Field(10.0, gt=0, le=300, validation_alias="OUTBOX_REQUEST_TIMEOUT_S")
+    # After this many failed attempts, or once the entry is this old, it is parked (postcall/outbox.py).
+    outbox_max_attempts: int = Field(25, ge=1, le=1000, validation_alias="OUTBOX_MAX_ATTEMPTS")
+    outbox_max_age_s: float = Field(86_400.0, gt=0, le=30 * 86_400, validation_alias="OUTBOX_MAX_AGE_S")
+    # How long a claimed entry is reserved for its sender; renewed while the request is in flight, so it bounds
+    # how long a crashed sender's entry waits for another (or the restarted) worker.
+    outbox_lease_s: float = Field(5.0, ge=1, le=300, validation_alias="OUTBOX_LEASE_S")
     memory_fact_cap: int = Field(50, ge=1, le=1000, validation_alias="MEMORY_FACT_CAP")
     memory_min_user_turns: int = Field(2, ge=0, le=100, validation_alias="MEMORY_MIN_USER_TURNS")
     memory_retention_days: int = Field(180, ge=1, le=3650, validation_alias="MEMORY_RETENTION_DAYS")
@@ -118,14 +126,14 @@ class Settings(BaseSettings):
     # --- fleet operations: metrics, capacity, drain (worker/metrics.py, worker/capacity.py) ---
     # Unset: 9100 in production, off in dev (a laptop or a test run need no fixed port); 0 turns it off.
     prometheus_port: int | None = Field(None, ge=0, le=65535, validation_alias="PROMETHEUS_PORT")
-    # Concurrent calls one worker serves before latency degrades; unset: DEFAULT_WORKER_CALL_CAPACITY for the
-    # executor (see `call_capacity`).
+    # Concurrent calls one worker takes (active plus accepted offers) before latency degrades; unset:
+    # DEFAULT_WORKER_CALL_CAPACITY for the executor (see `call_capacity`).
     worker_call_capacity: int | None = Field(None, ge=1, le=10_000, validation_alias="WORKER_CALL_CAPACITY")
     # How a worker runs its calls (docs/operations.md, "Executor and density"): "process" gives every call a
     # process of its own (livekit's default: a crash ends one call; ~75 MB per call); "thread" runs every call
     # as a thread of the worker process, sharing its models (~3 MB per call; a crash ends the worker's calls).
     job_executor: Literal["process", "thread"] = Field("process", validation_alias="JOB_EXECUTOR")
-    # LiveKit offers no new calls once the load (see worker/capacity.py) reaches this fraction.
+    # CPU guard: at this fraction of CPU use the worker reports itself full (worker/capacity.py), however few calls.
     load_threshold: float = Field(0.7, gt=0, le=1, validation_alias="LOAD_THRESHOLD")
     # SIGTERM: how long active calls may run on before they are ended.
     drain_timeout_s: int = Field(600, ge=1, le=86_400, validation_alias="DRAIN_TIMEOUT_S")

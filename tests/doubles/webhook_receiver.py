@@ -1,8 +1,10 @@
 """A webhook receiver double: an aiohttp server on 127.0.0.1 that checks signatures like the platform would.
 
 It verifies the HMAC itself (not with postcall.signing), so a signing bug fails the tests. Every request
-is recorded with the status it got. `fail_next(n)` answers the next n requests with 503; `reserve_port()`
-plus a later `start(port)` gives "connection refused" until the receiver comes up.
+is recorded, with the status it gets, as soon as it arrives (that is when a receiver processes it, whether or not
+the sender is still waiting for the answer). `fail_next(n)` answers the next n requests with 503; `delay_s` makes
+every answer that late (a slow receiver); `hang_next(n)` never answers the next n requests (recorded with status `HUNG`; released by `stop()`);
+`reserve_port()` plus a later `start(port)` gives "connection refused" until the receiver comes up.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from aiohttp import web
 TIMESTAMP_HEADER = "X-Voice-Worker-Timestamp"
 SIGNATURE_HEADER = "X-Voice-Worker-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# The status recorded for a request `hang_next` holds: it never gets an answer.
+HUNG = 0
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,10 @@ class WebhookReceiver:
     tolerance_s: float = 300.0
     requests: list[ReceivedRequest] = field(default_factory=list)
     port: int | None = None
+    delay_s: float = 0.0
     _failures_left: int = 0
+    _hangs_left: int = 0
+    _released: asyncio.Event | None = None
     _failure_status: int = 503
     _runner: web.AppRunner | None = None
     _changed: asyncio.Condition | None = None
@@ -69,6 +76,9 @@ class WebhookReceiver:
     def fail_next(self, n: int, status: int = 503) -> None:
         self._failures_left, self._failure_status = n, status
 
+    def hang_next(self, n: int) -> None:
+        self._hangs_left = n
+
     def _valid(self, body: bytes, headers: dict[str, str]) -> bool:
         ts, sig = headers.get(TIMESTAMP_HEADER, ""), headers.get(SIGNATURE_HEADER, "")
         if not ts.isdigit() or abs(time.time() - int(ts)) > self.tolerance_s:
@@ -82,7 +92,11 @@ class WebhookReceiver:
         body = await request.read()
         headers = dict(request.headers)
         valid = self._valid(body, headers)
-        if not valid:
+        hang = self._hangs_left > 0
+        if hang:
+            self._hangs_left -= 1
+            status = HUNG  # recorded as never answered
+        elif not valid:
             status = 401
         elif self._failures_left > 0:
             self._failures_left -= 1
@@ -95,10 +109,17 @@ class WebhookReceiver:
         assert self._changed is not None
         async with self._changed:
             self._changed.notify_all()
+        if hang:
+            assert self._released is not None
+            await self._released.wait()
+            status = 503
+        elif self.delay_s:
+            await asyncio.sleep(self.delay_s)
         return web.Response(status=status)
 
     async def start(self, port: int = 0) -> int:
         self._changed = self._changed or asyncio.Condition()
+        self._released = asyncio.Event()
         app = web.Application()
         app.router.add_post("/hooks/session", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
@@ -109,6 +130,8 @@ class WebhookReceiver:
         return self.port
 
     async def stop(self) -> None:
+        if self._released is not None:
+            self._released.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
