@@ -300,8 +300,10 @@ def test_worker_is_sized_for_its_call_capacity(rendered: list[dict[str, Any]], w
     # one thread-executor worker process: the GIL keeps it near one core, so a pod asks for one
     assert config["JOB_EXECUTOR"] == "thread"
     assert cpus == 1
-    # the calls a pod takes (up to the load threshold) fit in its CPU request; the capacity in its memory
-    assert threshold * capacity * CPU_PER_CALL <= cpus
+    # the calls a pod takes (up to its capacity, all at once in a burst) fit in its CPU request and its memory;
+    # the CPU guard (threshold) only stops calls that cost more than planned
+    assert capacity * CPU_PER_CALL <= cpus
+    assert 0 < threshold <= 1
     assert _mib(resources["requests"]["memory"]) >= WORKER_BASE_MB + capacity * PSS_MB_PER_CALL
     assert _mib(resources["limits"]["memory"]) >= 1.4 * (WORKER_BASE_MB + capacity * PSS_MB_PER_CALL)
 
@@ -325,10 +327,10 @@ def test_hpa_scales_the_worker_before_its_load_threshold(
     config = _config(rendered)
     threshold, capacity = float(config["LOAD_THRESHOLD"]), int(config["WORKER_CALL_CAPACITY"])
     cpus = _cpu(_container(worker)["resources"]["requests"]["cpu"])
-    # The worker is full at threshold * capacity calls, or at threshold of its CPUs, whichever comes first.
+    # The worker is full at capacity calls, or at threshold of its CPUs, whichever comes first.
     # Utilization is relative to the CPU request (which is also NUM_CPUS): the HPA must ask for a new pod
     # while the busiest it can be is still some way below the first of the two.
-    cpu_when_full = min(threshold * capacity * CPU_PER_CALL, threshold * cpus)
+    cpu_when_full = min(capacity * CPU_PER_CALL, threshold * cpus)
     target_cores = target["averageUtilization"] / 100 * cpus
     assert target_cores <= 0.8 * cpu_when_full, f"scales at {target_cores:.2f} cores, full at {cpu_when_full:.2f}"
     assert target_cores >= 0.4 * cpu_when_full, "so low that pods idle"
