@@ -164,7 +164,9 @@ def build_process_services(settings: Settings, *, shared_vad: SharedVAD | None =
         agent = current.agents.get(outcome.agent_id) if outcome.agent_id else None
         return build_llm(agent.active_revision.pipeline, settings) if agent else None
 
-    delivery = OutboxDelivery.from_settings(store, settings, on_attempt=metrics.webhook_attempt)
+    delivery = OutboxDelivery.from_settings(
+        store, settings, on_attempt=metrics.webhook_attempt, on_parked=metrics.webhook_parked
+    )
     postcall = PostCallProcessor(
         store,
         settings,
