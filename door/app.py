@@ -17,7 +17,7 @@ from fastapi.openapi.utils import get_openapi
 
 from catalog.loader import CatalogStore
 from door.metrics import install_metrics
-from door import feather, refusals, revdesk
+from door import call_page, feather, refusals, revdesk
 from door.core import WebCallService
 from door.dependencies import DoorContext, Limiter
 from door.idempotency import Idempotency, IdempotencyStore
@@ -92,14 +92,16 @@ def create_app(
         max_api_key_chars=settings.door_max_api_key_chars,
         idempotency_key_max_chars=settings.door_idempotency_key_max_chars,
     )
-    install_metrics(app)
     refusals.install(app)
-    # Added last, so it is the outermost of the door's own layers: a body is limited before anything reads it.
+    # Outside the routes, so a body is limited before anything reads it; metrics outside that, to count its 413s.
     app.add_middleware(
         RequestLimits, max_body_bytes=settings.door_max_body_bytes, body_timeout_s=settings.door_body_timeout_s
     )
+    install_metrics(app)
     app.include_router(feather.router)
     app.include_router(revdesk.router)
+    # `/`: the browser call page (dev mode, or DOOR_CALL_PAGE=true); a client of the Feather route like any other
+    call_page.install(app, settings, store)
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="Liveness probe")
     async def healthz() -> dict[str, str]:

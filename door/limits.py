@@ -15,7 +15,8 @@ import asyncio
 import logging
 import time
 
-from starlette.exceptions import HTTPException
+# FastAPI re-raises its own HTTPException from body parsing; any other exception there becomes a 400.
+from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from door.refusals import MESSAGES, is_revdesk, render

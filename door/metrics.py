@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import time
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _CONTRACTS = {"/v1/voice/web-call": "feather"}
 
@@ -22,6 +23,7 @@ def _contract(path: str) -> str | None:
 
 
 def install_metrics(app: FastAPI) -> CollectorRegistry:
+    """Counters, the /metrics route and the middleware that feeds them (install it last: it sees every refusal)."""
     registry = CollectorRegistry(auto_describe=True)
     requests = Counter(
         "voice_worker_door_requests",
@@ -37,15 +39,33 @@ def install_metrics(app: FastAPI) -> CollectorRegistry:
         registry=registry,
     )
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):  # noqa: ANN001, ANN202 - Starlette's middleware signature
-        contract = _contract(request.url.path)
-        started = time.perf_counter()
-        response = await call_next(request)
-        if contract is not None:
-            requests.labels(contract, str(response.status_code)).inc()
-            latency.labels(contract).observe(time.perf_counter() - started)
-        return response
+    # A pure ASGI middleware: Starlette's BaseHTTPMiddleware (`@app.middleware`) costs a task and a stream per
+    # request, and wraps errors raised while the body is read (door/limits.py's 413) into exception groups.
+    class Count:
+        def __init__(self, inner: ASGIApp) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            contract = _contract(scope["path"]) if scope["type"] == "http" else None
+            if contract is None:
+                await self.inner(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = 500
+
+            async def observed_send(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                await send(message)
+
+            try:
+                await self.inner(scope, receive, observed_send)
+            finally:
+                requests.labels(contract, str(status)).inc()
+                latency.labels(contract).observe(time.perf_counter() - started)
+
+    app.add_middleware(Count)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -120,6 +120,9 @@ async def web_call(
     key: ApiKey = Depends(revdesk_caller),
     door: DoorContext = Depends(door_context),
 ) -> Response:
+    # Read (and so bounded by door/limits.py) even though the contract ignores it: an oversized body is a 413
+    # whether or not this request is idempotent, not a 200 that silently dropped it.
+    body = await request.body()
     try:
         agent_id = uuid.UUID(id)
     except ValueError:
@@ -147,7 +150,7 @@ async def web_call(
         return JSONResponse(response.body, status_code=response.status_code)
 
     # The canonical agent id, not the raw path: `/v1/agents/ABC…` and `/v1/agents/abc…` are one request.
-    fingerprint = request_fingerprint("POST", f"/v1/agents/{agent_id}/web-call", await request.body())
+    fingerprint = request_fingerprint("POST", f"/v1/agents/{agent_id}/web-call", body)
     try:
         response, replayed = await door.idempotency.run(key.name, idempotency_key, fingerprint, serve)
     except IdempotencyConflict:

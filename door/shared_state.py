@@ -156,8 +156,10 @@ class DatabaseIdempotency:
                     expires_at=now + self._ttl_s,
                 )
                 .on_conflict_do_nothing(index_elements=[e.scope, e.key])
-            )
-            if inserted.rowcount == 1:
+                # RETURNING, not rowcount: drivers do not agree on the rowcount of an upsert that did nothing.
+                .returning(e.scope)
+            ).first()
+            if inserted is not None:
                 return "mine", None
             row = conn.execute(sa.select(e.fingerprint, e.status_code, e.body).where(slot)).first()
         if row is None:

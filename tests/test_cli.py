@@ -188,3 +188,9 @@ def test_unreachable_livekit_is_one_clear_line_and_the_worker_keeps_retrying():
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_web_call_refuses_an_integer_out_of_range_with_exit_2(capsys):
+    code, out, err = run(["web-call", "--agent-id", SUPPORT, "--var", "order_count=99999999999999999999999"], capsys)
+    assert code == 2 and out == ""
+    assert "order_count" in err and "out of range" in err and "9007199254740991" in err

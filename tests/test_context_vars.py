@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from catalog.context_vars import ContextVarErrors, ContextVarSpec, coerce, coerce_seeds
+from catalog.context_vars import ContextVarError, ContextVarErrors, ContextVarSpec, ValueLimits, coerce, coerce_seeds
 
 S = ContextVarSpec(name="s", type="string")
 I = ContextVarSpec(name="i", type="int")
@@ -73,5 +73,51 @@ def test_seeds_collect_every_problem():
     ],
 )
 def test_bad_specs(bad):
+    with pytest.raises(ValueError):
+        ContextVarSpec(**bad)
+
+
+# --- bounds (issue #16: every seed travels inside the browser's token) --------------------------------------
+
+
+def test_values_out_of_the_default_bounds_are_refused_with_a_range_error():
+    for spec, value, needle in (
+        (I, 99999999999999999999999, "out of range"),
+        (I, "99999999999999999999999", "out of range"),
+        (I, "9" * 5000, "out of range"),
+        (F, 1e300, "out of range"),
+        (S, "x" * 1025, "at most 1024 characters"),
+    ):
+        with pytest.raises(ContextVarError) as caught:
+            coerce(spec, value)
+        assert caught.value.kind == "range" and needle in caught.value.reason
+        assert len(caught.value.reason) < 200  # the value itself is never echoed whole
+    assert coerce(I, 2**53 - 1) == 2**53 - 1
+    assert coerce(S, "x" * 1024) == "x" * 1024
+
+
+def test_a_spec_declares_its_own_bounds_and_limits_apply_otherwise():
+    small = ContextVarSpec(name="code", type="string", max_length=4)
+    seats = ContextVarSpec(name="seats", type="int", minimum=1, maximum=500)
+    with pytest.raises(ContextVarError, match="at most 4 characters"):
+        coerce(small, "ABCDE")
+    with pytest.raises(ContextVarError, match="between 1 and 500"):
+        coerce(seats, 0)
+    assert coerce(seats, "500") == 500
+    tight = ValueLimits(max_string_chars=3, max_abs_int=10, max_abs_float=1.0)
+    with pytest.raises(ContextVarErrors):
+        coerce_seeds((S, I), {"s": "abcd", "i": 11}, tight)
+    assert coerce_seeds((S, I), {"s": "abc", "i": -10}, tight) == {"s": "abc", "i": -10}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"name": "x", "type": "int", "max_length": 3},
+        {"name": "x", "type": "string", "minimum": 0},
+        {"name": "x", "type": "int", "minimum": 5, "maximum": 1},
+    ],
+)
+def test_bounds_must_fit_the_type(bad):
     with pytest.raises(ValueError):
         ContextVarSpec(**bad)
