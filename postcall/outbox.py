@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from pydantic import SecretStr
@@ -47,6 +47,8 @@ ATTEMPT_HEADER = "X-Voice-Worker-Delivery-Attempt"
 AttemptObserver = Callable[[int, bool], None]
 # Told about every entry parked.
 ParkObserver = Callable[[], None]
+# What one attempt came to: acknowledged, failed (retried on the backoff schedule), or failed and parked.
+Outcome = Literal["delivered", "failed", "parked"]
 
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
 DEFAULT_MAX_ATTEMPTS = 25
@@ -193,7 +195,7 @@ class OutboxDelivery:
                 extra={"session_id": str(item.session_id)},
             )
 
-    async def _deliver(self, item: OutboxItem) -> str:
+    async def _deliver(self, item: OutboxItem) -> Outcome:
         """One attempt: "delivered", "failed" (retried later) or "parked"."""
         body = encode_body(item.payload)
         headers = signed_headers(
@@ -241,7 +243,7 @@ class OutboxDelivery:
         )
         return "failed"
 
-    async def _park(self, item: OutboxItem, error: str, now: datetime) -> str:
+    async def _park(self, item: OutboxItem, error: str, now: datetime) -> Outcome:
         if not await self._store.park_outbox(item.id, attempts=item.attempts, error=error, at=now):
             return "failed"  # another sender holds it now: its attempt decides
         age_s = (now - item.created_at).total_seconds()
@@ -274,9 +276,14 @@ class OutboxDelivery:
         """One attempt at every entry due now (up to the batch size)."""
         # One claim per entry, just before its request: a batch claimed at once would see the leases of its last
         # entries run out while the first ones are being sent, and another sender take them.
-        outcomes: list[str] = []
+        # Due by the start of this pass: an entry that failed in it (and is due again after a short backoff) waits
+        # for the next pass.
+        outcomes: list[Outcome] = []
+        start = self._store.now()
         for _ in range(self._batch_size):
-            items = await self._store.claim_due_outbox(now=self._store.now(), limit=1, lease=self._lease)
+            items = await self._store.claim_due_outbox(
+                now=self._store.now(), due_by=start, limit=1, lease=self._lease
+            )
             if not items:
                 break
             outcomes.append(await self._deliver(items[0]))
@@ -284,7 +291,7 @@ class OutboxDelivery:
             attempted=len(outcomes), delivered=outcomes.count("delivered"), parked=outcomes.count("parked")
         )
 
-    async def deliver_entry(self, entry_id: int) -> str | None:
+    async def deliver_entry(self, entry_id: int) -> Outcome | None:
         """One attempt at that entry now (`voice-worker outbox resend`): its outcome, or None when it is not
         queued and due (unknown, delivered, parked, or in another sender's hands)."""
         item = await self._store.claim_outbox_entry(entry_id, now=self._store.now(), lease=self._lease)

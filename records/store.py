@@ -465,17 +465,20 @@ class SessionStore:
                 sa.update(outbox).where(outbox.c.id == row.id).values(payload=payload, next_attempt_at=now)
             )
 
-    async def claim_due_outbox(self, *, now: datetime, limit: int, lease: timedelta) -> list[OutboxItem]:
-        """Queued entries due at `now`, each counted as one attempt and leased until `now + lease` so that no other
-        delivery loop (this process after a restart, or another worker) takes it meanwhile. The attempt count it
-        returns is the sender's fencing token: renewing the lease, failing or parking the entry needs it to match,
-        so a sender that lost its lease cannot undo what the next one did."""
+    async def claim_due_outbox(
+        self, *, now: datetime, limit: int, lease: timedelta, due_by: datetime | None = None
+    ) -> list[OutboxItem]:
+        """Queued entries due at `due_by` (default: `now`), each counted as one attempt and leased until `now + lease`
+        so that no other delivery loop (this process after a restart, or another worker) takes it meanwhile. The
+        attempt count it returns is the sender's fencing token: renewing the lease, failing or parking the entry
+        needs it to match, so a sender that lost its lease cannot undo what the next one did."""
+        due = now if due_by is None else due_by
 
         def tx(conn: Connection) -> list[OutboxItem]:
             ids = list(
                 conn.execute(
                     sa.select(outbox.c.id)
-                    .where(_QUEUED, outbox.c.next_attempt_at <= now)
+                    .where(_QUEUED, outbox.c.next_attempt_at <= due)
                     .order_by(outbox.c.next_attempt_at, outbox.c.id)
                     .limit(limit)
                     .with_for_update(skip_locked=True)

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,7 @@ async def receiver() -> AsyncIterator[WebhookReceiver]:
         await r.stop()
 
 
-async def deliver_until(delivery: OutboxDelivery, done: Callable[[], Any], timeout: float = 20.0) -> None:
+async def deliver_until(delivery: OutboxDelivery, done: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
     async with asyncio.timeout(timeout):
         while not await done():
             await delivery.drain_once()

@@ -3,8 +3,9 @@
 It verifies the HMAC itself (not with postcall.signing), so a signing bug fails the tests. Every request
 is recorded, with the status it gets, as soon as it arrives (that is when a receiver processes it, whether or not
 the sender is still waiting for the answer). `fail_next(n)` answers the next n requests with 503; `delay_s` makes
-every answer that late (a slow receiver); `hang_next(n)` never answers the next n requests (recorded with status `HUNG`; released by `stop()`);
-`reserve_port()` plus a later `start(port)` gives "connection refused" until the receiver comes up.
+every answer that late (a slow receiver); `hang_next(n)` never answers the next n requests (recorded with status
+`HUNG`; released by `stop()`); `reserve_port()` plus a later `start(port)` gives "connection refused" until the
+receiver comes up.
 """
 
 from __future__ import annotations
