@@ -25,7 +25,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from worker.settings import Settings, SettingsError
+from worker.settings import DEV_MODE_HINT, Settings, SettingsError
 
 log = logging.getLogger("voice_worker.door.keys")
 
@@ -151,7 +151,10 @@ def key_ring_for(settings: Settings) -> KeyRing:
         log.info("door accepts %d API key(s): %s", len(ring.names), ", ".join(ring.names))
         return ring
     if not settings.is_dev:
-        raise SettingsError("DOOR_API_KEYS_FILE is not set; the door needs hashed API keys outside dev mode")
+        raise SettingsError(
+            "DOOR_API_KEYS_FILE is not set (production mode): point it at the YAML list of hashed API keys "
+            f"(docs/operations.md), {DEV_MODE_HINT} and the dev door key"
+        )
     log.warning(
         "dev mode and no DOOR_API_KEYS_FILE: the door accepts only the well-known dev key "
         "(door.keys.DEV_API_KEY), scoped to every agent and team"

@@ -128,6 +128,11 @@ class OwningFallbackAdapter(llm.FallbackAdapter):
         super().__init__(llms, **kwargs)
         self._members = list(llms)
 
+    @property
+    def members(self) -> list[llm.LLM]:
+        """The chain's models in order (the console names the one that failed)."""
+        return list(self._members)
+
     async def aclose(self) -> None:
         await super().aclose()
         await asyncio.gather(*(m.aclose() for m in self._members), return_exceptions=True)

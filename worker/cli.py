@@ -6,16 +6,16 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from worker.settings import Settings, SettingsError
+from worker.settings import Settings, SettingsError, load_settings
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 141
 
 
 def _settings(args: argparse.Namespace, *, dev: bool | None = None) -> Settings:
@@ -24,11 +24,24 @@ def _settings(args: argparse.Namespace, *, dev: bool | None = None) -> Settings:
         overrides["VOICE_WORKER_MODE"] = "dev" if dev else "production"
     if getattr(args, "catalog", None):
         overrides["CATALOG_PATH"] = args.catalog
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise SettingsError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    settings = load_settings(**overrides)
+    _quiet_dev_key_warning(settings)
+    return settings
+
+
+def _quiet_dev_key_warning(settings: Settings) -> None:
+    """livekit-server --dev's API secret is the 6-byte "secret", so PyJWT warns (InsecureKeyLengthWarning) on every
+    LiveKit token signed with it: the worker's registration, every web-call. That pair is public by design and
+    refused outside dev mode, so the warning says nothing there; with any other secret it stays on."""
+    from worker.settings import DEV_LIVEKIT_API_SECRET
+
+    secret = settings.livekit_api_secret
+    if settings.is_dev and secret is not None and secret.get_secret_value() == DEV_LIVEKIT_API_SECRET:
+        import warnings
+
+        from jwt.warnings import InsecureKeyLengthWarning
+
+        warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
 
 
 def _uuid(value: str | None, flag: str) -> uuid.UUID | None:
@@ -83,7 +96,7 @@ def run_worker(args: argparse.Namespace, *, dev: bool, app: Path = APP) -> int:
     import os
 
     settings = _settings(args, dev=dev)
-    settings.require_production_secrets()
+    settings.require_production_secrets(dev_hint="or run `voice-worker dev` against `livekit-server --dev`")
     if settings.metrics_port is not None:
         _use_multiprocess_metrics()
     from worker.check import check_catalog
@@ -183,22 +196,38 @@ def _web_call(args: argparse.Namespace) -> int:
     from door.errors import DoorError
     from door.keys import ApiKey, KeyScopes
     from door.sessions import default_session_creator
+    from sqlalchemy.exc import SQLAlchemyError
 
     settings = _settings(args)
+    settings.require_production_secrets()
     agent_id, team_id, seeds = _target_and_seeds(args)
     target = CallTarget(kind="agent", id=agent_id) if agent_id else CallTarget(kind="team", id=team_id)  # type: ignore[arg-type]
     if team_id and seeds:
         print("voice-worker: team calls ignore context variables (platform contract)", file=sys.stderr)
     operator = ApiKey(name="voice-worker-cli", sha256="0" * 64, scopes=KeyScopes(agents=("*",), teams=("*",)))
-    service = WebCallService(settings, CatalogStore(settings.catalog_path), default_session_creator(settings))
     try:
+        service = WebCallService(settings, CatalogStore(settings.catalog_path), default_session_creator(settings))
         minted = asyncio.run(service.start_call(operator, target, seeds or None, session_type=args.session_type))
     except ContextVarErrors as exc:
         return _fail(f"context variables: {exc}", EXIT_USAGE)
     except DoorError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    except SQLAlchemyError as exc:
+        raise _database_error(exc) from None
     print(json.dumps(minted.as_web_call_response(), indent=2))
     return EXIT_OK
+
+
+def _database_error(exc: Exception) -> SettingsError:
+    """The session row could not be written. The URL can hold a password: name the setting, never its value."""
+    from sqlalchemy.exc import DBAPIError
+
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return SettingsError(
+        f"DATABASE_URL: the session store cannot be used ({type(cause).__name__}: {reason}); start the database "
+        "or point DATABASE_URL at one (unset: a SQLite file under var/)"
+    )
 
 
 # --- inspect-dispatch -------------------------------------------------------------------------------------
@@ -210,7 +239,7 @@ def _inspect_dispatch(args: argparse.Namespace) -> int:
     from worker.dispatch import DispatchRejected, verify_dispatch_metadata
 
     settings = _settings(args)
-    metadata = sys.stdin.read().strip()
+    metadata = _dispatch_metadata(sys.stdin.read().strip(), settings)
     try:
         claims = verify_dispatch_metadata(metadata, secret=settings.signing_secret(), issuer=settings.dispatch_issuer)
         admission = admit(claims, load_catalog(settings.catalog_path), settings)
@@ -228,6 +257,44 @@ def _inspect_dispatch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dispatch_metadata(text: str, settings: Settings) -> str:
+    """The job metadata to inspect, from what a newcomer has at hand: the metadata itself (`{"grant": ...}`), the
+    JSON `web-call` printed, or the bare `access_token` a browser received. A token is checked against the LiveKit
+    key pair, as livekit-server would; its own 5-minute expiry is ignored (the grant inside is checked anyway)."""
+    token: str | None = None
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+        if text.count(".") == 2 and " " not in text:
+            token = text
+    if isinstance(document, dict) and isinstance(document.get("access_token"), str):
+        token = document["access_token"]
+    if token is None:
+        return text
+    import jwt
+
+    key, secret = settings.livekit_credentials()
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=["HS256"], issuer=key, options={"verify_exp": False, "verify_nbf": False}
+        )
+    except jwt.PyJWTError as exc:
+        raise _RefusedInput(
+            f"access_token: not a LiveKit token of LIVEKIT_API_KEY / LIVEKIT_API_SECRET ({type(exc).__name__}); "
+            "inspect it with the settings that minted it"
+        ) from None
+    agents = (claims.get("roomConfig") or {}).get("agents") or []
+    if not agents or not isinstance(agents[0].get("metadata"), str):
+        raise _RefusedInput("access_token: its room configuration dispatches no agent (no job metadata to inspect)")
+    metadata: str = agents[0]["metadata"]
+    return metadata
+
+
+class _RefusedInput(ValueError):
+    """inspect-dispatch was given a token it cannot open: exit 3 like a refused dispatch, without a report."""
+
+
 # --- console ----------------------------------------------------------------------------------------------
 
 
@@ -235,8 +302,23 @@ def _console(args: argparse.Namespace) -> int:
     from worker.console import run_console
 
     settings = _settings(args)
+    settings.require_production_secrets()
     agent_id, team_id, seeds = _target_and_seeds(args)
+    _console_logging(verbose=args.verbose)
     return asyncio.run(run_console(settings, agent_id=agent_id, team_id=team_id, seeds=seeds))
+
+
+def _console_logging(*, verbose: bool) -> None:
+    """The console reports a failed turn itself, in one line naming the provider (worker/console.py); livekit's
+    own records of it (a warning per fallback step, an error with a traceback per stream) would bury the
+    conversation. `--verbose` shows them."""
+    import logging
+
+    if verbose:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    else:
+        # a handler on the root logger keeps logging's last-resort stderr handler from printing them
+        logging.getLogger().addHandler(logging.NullHandler())
 
 
 # --- outbox -----------------------------------------------------------------------------------------------
@@ -360,11 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
     _target(p)
     p.add_argument("--session-type", choices=["live", "test", "simulation"], default="test")
     p.add_argument("--catalog")
-    p = sub.add_parser("inspect-dispatch", help="verify job metadata read on stdin; exit 3 with the reason if refused")
+    p = sub.add_parser(
+        "inspect-dispatch",
+        help="verify a dispatch read on stdin (job metadata, web-call's output or its access_token); exit 3 with the "
+        "reason if refused",
+    )
     p.add_argument("--catalog")
     p = sub.add_parser("console", help="a text conversation with an agent in the terminal")
     _target(p)
     p.add_argument("--catalog")
+    p.add_argument("--verbose", action="store_true", help="show livekit's and the providers' log records")
     p = sub.add_parser("door", help="serve the web-call door (HTTP API)")
     p = sub.add_parser("outbox", help="post-call webhooks: list, show and re-send parked (undeliverable) entries")
     outbox = p.add_subparsers(dest="outbox_command", required=True)
@@ -391,13 +478,33 @@ def main(argv: list[str] | None = None) -> int:
         "outbox": _outbox,
     }
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
+        # stdout to a pipe is block-buffered: flush here, so a reader that went away surfaces below and not as
+        # an "Exception ignored" message at interpreter exit
+        sys.stdout.flush()
+        return code
     except SettingsError as exc:
-        return _fail(f"configuration: {exc}", EXIT_USAGE)
+        for problem in exc.problems:
+            print(f"voice-worker: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     except _UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    except KeyboardInterrupt:
+    except _RefusedInput as exc:
+        return _fail(str(exc), EXIT_REFUSED)
+    except (KeyboardInterrupt, EOFError):
+        # Ctrl-C / Ctrl-D: the operator ended it on purpose
         return EXIT_OK
+    except BrokenPipeError:
+        # `voice-worker web-call ... | head`: the reader has what it wanted. Point stdout at /dev/null so the
+        # exit-time flush cannot raise again, and exit as a tool killed by SIGPIPE would (128 + 13).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:
+        # The last resort, so that no command ends in a traceback: the error's type and first line say what
+        # failed; the rest of a traceback helps a developer (who has --verbose or a debugger), not a newcomer.
+        first_line = next(iter(str(exc).strip().splitlines()), "")
+        return _fail(f"{args.command} failed: {type(exc).__name__}{': ' + first_line if first_line else ''}", 1)
 
 
 if __name__ == "__main__":

@@ -8,27 +8,56 @@ a traceback, and keep the worker retrying.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 _LIVEKIT_LOGGER = "livekit.agents"
 _RETRY_PREFIX = "failed to connect to livekit"
 
 
+# livekit retries every 10 s for ever (max_retry is unbounded, see worker/server.py): a line per attempt is 360
+# lines an hour of the same news. Say it on the first failure, then on the 4th, 8th, 16th ... attempt, and at
+# least every REPEAT_AT_LEAST_S so a long outage still shows in recent logs.
+REPEAT_AT_LEAST_S = 600.0
+_REGISTERED = "registered worker"
+
+
 class UnreachableLiveKitFilter(logging.Filter):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self._url = url
+        self._clock = clock
+        self._failures = 0
+        self._last_shown = 0.0
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if message.startswith(_REGISTERED):
+            self._failures = 0  # a later outage is news again
+            return True
         if not message.startswith(_RETRY_PREFIX):
             return True
+        self._failures += 1
+        now = self._clock()
+        first = self._failures == 1
+        power_of_two = self._failures >= 4 and self._failures & (self._failures - 1) == 0
+        if not (first or power_of_two or now - self._last_shown >= REPEAT_AT_LEAST_S):
+            return False
+        self._last_shown = now
         error = getattr(record, "error", None)
         delay = message.rsplit("retrying in ", 1)[-1] if "retrying in" in message else "a few seconds"
-        record.msg = (
-            f"cannot reach LiveKit at {self._url} ({type(error).__name__ if error else 'no answer'}); "
-            "start a local server with `livekit-server --dev` (or `voice-worker dev`), or point LIVEKIT_URL, "
-            f"LIVEKIT_API_KEY and LIVEKIT_API_SECRET at your LiveKit Cloud project; retrying in {delay}"
-        )
+        cause = type(error).__name__ if error else "no answer"
+        if first:
+            record.msg = (
+                f"cannot reach LiveKit at {self._url} ({cause}); "
+                "start a local server with `livekit-server --dev` (or `voice-worker dev`), or point LIVEKIT_URL, "
+                f"LIVEKIT_API_KEY and LIVEKIT_API_SECRET at your LiveKit Cloud project; retrying in {delay}"
+            )
+        else:
+            record.msg = (
+                f"still cannot reach LiveKit at {self._url} ({cause}) after {self._failures} attempts; "
+                f"retrying every few seconds, next in {delay}"
+            )
         record.args = ()
         record.exc_info = None
         record.exc_text = None

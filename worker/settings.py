@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EXAMPLE_CATALOG = Path(__file__).resolve().parent.parent / "catalog" / "examples"
@@ -40,11 +40,22 @@ class Mode(StrEnum):
 
 
 class SettingsError(ValueError):
-    """A setting is missing or unusable; the message names the environment variable."""
+    """Settings are missing or unusable: one problem per line, each naming the environment variable, what is wrong
+    and how to fix it (never the value: it may be a secret)."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# How a newcomer gets a working set-up without real secrets; appended wherever dev mode would fix the problem.
+DEV_MODE_HINT = "or set VOICE_WORKER_MODE=dev (in .env or the environment) to use the livekit-server --dev defaults"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # env_ignore_empty: `.env` starts as a copy of .env.example, whose secrets are `KEY=` lines; an empty value
+    # must mean "not set" (dev defaults apply, None stays None), never an empty key or the path "".
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
     mode: Mode = Field(Mode.PRODUCTION, validation_alias="VOICE_WORKER_MODE")
     agent_name: str = Field("voice-worker", min_length=1, validation_alias="AGENT_NAME")
@@ -171,23 +182,39 @@ class Settings(BaseSettings):
     def is_dev(self) -> bool:
         return self.mode is Mode.DEV
 
-    def require_production_secrets(self) -> None:
-        """Fail fast: raise SettingsError naming the first unusable secret (never its value)."""
+    def require_production_secrets(self, *, dev_hint: str = DEV_MODE_HINT) -> None:
+        """Fail fast: raise SettingsError with one line per unusable secret (never its value).
+
+        `dev_hint` says how to get dev mode from the command at hand (`voice-worker start` is production by
+        definition; its alternative is `voice-worker dev`)."""
         if self.is_dev:
             return
+        how = {
+            "LIVEKIT_API_KEY": "set it to your LiveKit project's API key",
+            "LIVEKIT_API_SECRET": "set it to your LiveKit project's API secret",
+            "DISPATCH_SIGNING_SECRET": f"set it to a random string of at least {_MIN_SIGNING_SECRET_LEN} characters "
+            '(python -c "import secrets; print(secrets.token_urlsafe(48))")',
+        }
         problems: list[str] = []
         for env, value in (
             ("LIVEKIT_API_KEY", self.livekit_api_key),
             ("LIVEKIT_API_SECRET", self.livekit_api_secret),
             ("DISPATCH_SIGNING_SECRET", self.dispatch_signing_secret),
         ):
-            if value is None or value.get_secret_value().strip().lower() in _PLACEHOLDERS:
-                problems.append(f"{env} is missing or a placeholder; set it to the real value")
+            if value is None:
+                problems.append(f"{env} is not set (production mode): {how[env]}, {dev_hint}")
+            elif value.get_secret_value().strip().lower() in _PLACEHOLDERS:
+                problems.append(f"{env} is a placeholder (production mode): {how[env]}, {dev_hint}")
         signing = self.dispatch_signing_secret.get_secret_value() if self.dispatch_signing_secret else ""
         if signing == DEV_DISPATCH_SIGNING_SECRET:
-            problems.append("DISPATCH_SIGNING_SECRET is the dev-only default; generate a real one")
-        elif signing and len(signing) < _MIN_SIGNING_SECRET_LEN:
-            problems.append(f"DISPATCH_SIGNING_SECRET is shorter than {_MIN_SIGNING_SECRET_LEN} characters")
+            problems.append(
+                f"DISPATCH_SIGNING_SECRET is the dev-only default (production mode): {how['DISPATCH_SIGNING_SECRET']}"
+            )
+        elif signing and signing.strip().lower() not in _PLACEHOLDERS and len(signing) < _MIN_SIGNING_SECRET_LEN:
+            problems.append(
+                f"DISPATCH_SIGNING_SECRET is shorter than {_MIN_SIGNING_SECRET_LEN} characters: "
+                f"{how['DISPATCH_SIGNING_SECRET']}"
+            )
         if (
             signing
             and self.livekit_api_secret is not None
@@ -198,17 +225,22 @@ class Settings(BaseSettings):
                 "LiveKit secret cannot forge dispatches"
             )
         if problems:
-            raise SettingsError("; ".join(problems))
+            raise SettingsError(*problems)
 
     def signing_secret(self) -> str:
         if self.dispatch_signing_secret is None:
-            raise SettingsError("DISPATCH_SIGNING_SECRET is not set (required outside dev mode)")
+            raise SettingsError(
+                "DISPATCH_SIGNING_SECRET is not set (production mode): set it to a random string of at least "
+                f"{_MIN_SIGNING_SECRET_LEN} characters, {DEV_MODE_HINT}"
+            )
         return self.dispatch_signing_secret.get_secret_value()
 
     def livekit_credentials(self) -> tuple[str, str]:
         if self.livekit_api_key is None or self.livekit_api_secret is None:
             missing = "LIVEKIT_API_KEY" if self.livekit_api_key is None else "LIVEKIT_API_SECRET"
-            raise SettingsError(f"{missing} is not set (required outside dev mode)")
+            raise SettingsError(
+                f"{missing} is not set (production mode): set it from your LiveKit project, {DEV_MODE_HINT}"
+            )
         return self.livekit_api_key.get_secret_value(), self.livekit_api_secret.get_secret_value()
 
     def provider_api_key(self, env_name: str) -> str | None:
@@ -221,6 +253,20 @@ class Settings(BaseSettings):
         return field.get_secret_value() if field is not None else None
 
 
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and `.env` (overrides by variable name), or SettingsError with one line per
+    invalid variable: its name, pydantic's reason and where to fix it. The input is never echoed (a secret)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            variable = ".".join(map(str, error["loc"])) or "settings"
+            reason = str(error["msg"]).rstrip(".")
+            problems.append(f"{variable}: {reason}; fix {variable} in .env or the environment (see .env.example)")
+        raise SettingsError(*problems) from None
+
+
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()
