@@ -56,6 +56,14 @@ FAKE_LIVEKIT_SERVER = textwrap.dedent(
 READY_TIMEOUT = 10.0
 
 
+@pytest.fixture(autouse=True)
+def _no_project_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the fake on PATH (or nothing) may be found: not the project's real build in .tools/bin."""
+    from worker import devserver
+
+    monkeypatch.setattr(devserver, "PROJECT_BINARIES", ())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -159,6 +167,20 @@ def test_waits_until_the_server_accepts_connections(fake_bin: Path, monkeypatch:
         assert server is not None
         # Not a timing assertion: the context is entered only once the port answers.
         assert accepts_connections("127.0.0.1", port)
+
+
+def test_finds_the_project_build_when_path_has_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import devserver
+
+    build = tmp_path / "tools" / "livekit-server"
+    build.parent.mkdir()
+    build.write_text("#!/bin/sh\n")
+    build.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(devserver, "PROJECT_BINARIES", (build,))
+    assert devserver.find_binary() == str(build)
+    assert devserver.find_binary("something-else") is None
+    assert dev_server_command(str(build), "localhost", 7880, "10.77.0.1")[-2:] == ["--node-ip", "10.77.0.1"]
 
 
 def test_uses_what_already_listens(fake_bin: Path, said: list[str]) -> None:

@@ -42,7 +42,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
 
 
 def test_dev_runs_the_worker_while_the_dev_server_is_up(events: list[tuple[str, object]]):
-    assert cli.main(["dev"]) == 0
+    assert cli.main(["dev", "--worker-only"]) == 0
     assert [kind for kind, _ in events] == ["dev server up", "worker", "dev server down"]
     assert events[0][1] == URL
     assert events[1][1] == ["start", str(cli.APP), "--log-level", "INFO", "--dev"]

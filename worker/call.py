@@ -33,6 +33,7 @@ from procedures.templates import render
 from procedures.variables import CallVariables
 from worker import logcontext, metrics
 from worker.admission import Admission, admit, llm_only_pipeline_check
+from worker.call_status import publish_call_status
 from worker.dispatch import verify_dispatch_metadata
 from worker.settings import Settings
 
@@ -279,6 +280,9 @@ async def start_call(
     else:  # text mode / tests / console: no room IO at all
         await session.start(agent=agent)
     call._count_active()
+    if room is not None:
+        # procedure, context variables and turn latencies as the agent's attributes, for the call page
+        publish_call_status(call, room.local_participant)
     _greet(call)
     call.limits = CallLimits(session, admission.pipeline, on_end=record_end_and_close(call))
     call.limits.start()

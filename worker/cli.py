@@ -149,6 +149,30 @@ def _early_line(dev: bool, level: int, message: str) -> None:
         logging.getLogger("voice_worker.catalog").log(level, message)
 
 
+def _dev(args: argparse.Namespace) -> int:
+    """`voice-worker dev`: LiveKit, the worker and the door with its call page (worker/devstack.py);
+    `--worker-only`: the worker alone, as the stack runs it."""
+    if args.worker_only:
+        return run_worker(args, dev=True)
+    from worker.devstack import StackOptions, run_dev_stack
+
+    import os
+
+    if args.livekit_url:
+        # the flag wins over .env, in this process and in the worker and door it starts
+        os.environ["LIVEKIT_URL"] = args.livekit_url
+    settings = _settings(args, dev=True)
+    options = StackOptions(
+        livekit_url=args.livekit_url,
+        door_port=args.door_port,
+        node_ip=args.node_ip,
+        catalog=args.catalog,
+        log_level=args.log_level,
+        verbose=args.verbose,
+    )
+    return run_dev_stack(settings, options)
+
+
 # --- check ------------------------------------------------------------------------------------------------
 
 
@@ -431,11 +455,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("start", "run the worker in production mode (JSON logs, strict secrets)"),
-        ("dev", "run the worker in development mode (livekit-server --dev credentials allowed)"),
+        ("dev", "the local stack: livekit-server --dev, the worker and the door with its call page (dev mode)"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--catalog", help="catalog directory (default: CATALOG_PATH)")
         p.add_argument("--log-level", default="INFO")
+        if name == "dev":
+            p.add_argument("--worker-only", action="store_true", help="only the worker (no LiveKit, no door)")
+            p.add_argument("--livekit-url", help="an existing LiveKit server (default: LIVEKIT_URL, else a local dev one)")
+            p.add_argument("--door-port", type=int, help="the door's and call page's port (default: DOOR_PORT, 8000)")
+            p.add_argument("--node-ip", help="the address a started livekit-server --dev puts in its ICE candidates")
+            p.add_argument("--verbose", action="store_true", help="echo every line of the worker and door logs")
     p = sub.add_parser("check", help="validate the catalog; one `file: field: reason` line per problem")
     p.add_argument("--catalog", help="catalog directory (default: CATALOG_PATH or the example catalog)")
     p = sub.add_parser("web-call", help="mint what the door would return, for local testing")
@@ -469,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
         "start": lambda a: run_worker(a, dev=False),
-        "dev": lambda a: run_worker(a, dev=True),
+        "dev": _dev,
         "check": _check,
         "web-call": _web_call,
         "inspect-dispatch": _inspect_dispatch,

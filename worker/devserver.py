@@ -2,7 +2,8 @@
 
 `ensure_dev_server(url)` is a context manager around the worker's run. It starts the dev server only when all
 of these hold: `url` points at this machine (localhost, 127.0.0.1 or ::1), nothing accepts connections on its
-port yet, and `livekit-server` is on PATH. Otherwise it does nothing and says why in one line. A server it
+port yet, and `livekit-server` is on PATH or is the project's own build (`.tools/bin/livekit-server`, which
+scripts/setup installs). Otherwise it does nothing and says why in one line. A server it
 started is bound to loopback only (its keys, devkey/secret, are public) and is stopped when the block exits,
 when the process exits through `atexit`, or on SIGTERM while nobody else handles that signal. A dev server
 orphaned by a hard kill is harmless: the next `voice-worker dev` finds the port taken and uses it.
@@ -31,6 +32,9 @@ from urllib.parse import urlparse
 log = logging.getLogger("voice_worker.devserver")
 
 BINARY = "livekit-server"
+# Where scripts/install-livekit-server puts the pinned build; looked at when PATH has no livekit-server, so the
+# README's `scripts/setup && .venv/bin/voice-worker dev` works without touching PATH.
+PROJECT_BINARIES: tuple[Path, ...] = (Path(__file__).resolve().parents[1] / ".tools" / "bin" / BINARY,)
 # The port `livekit-server --dev` listens on unless told otherwise.
 DEFAULT_PORT = 7880
 READY_TIMEOUT_S = 15.0
@@ -71,13 +75,29 @@ def accepts_connections(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def dev_server_command(binary: str, host: str, port: int) -> list[str]:
-    """The command line: loopback only, and `--port` only when the URL asks for a non-default port."""
+def dev_server_command(binary: str, host: str, port: int, node_ip: str | None = None) -> list[str]:
+    """The command line: signalling on loopback only, `--port` only when the URL asks for a non-default port, and
+    `--node-ip` (the address put in the server's ICE candidates) only when given: by default the server picks this
+    machine's first non-loopback address, which a browser on the same machine reaches without leaving it."""
     bind = "::1" if host == "::1" else "127.0.0.1"
     command = [binary, "--dev", "--bind", bind]
     if port != DEFAULT_PORT:
         command += ["--port", str(port)]
+    if node_ip:
+        command += ["--node-ip", node_ip]
     return command
+
+
+def find_binary(binary: str = BINARY) -> str | None:
+    """`binary` on PATH, else the project's own build; None when neither exists."""
+    found = shutil.which(binary)
+    if found is not None:
+        return found
+    if binary == BINARY:
+        for candidate in PROJECT_BINARIES:
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    return None
 
 
 class DevServer:
@@ -157,6 +177,7 @@ def ensure_dev_server(
     binary: str = BINARY,
     ready_timeout: float = READY_TIMEOUT_S,
     say: Say | None = None,
+    node_ip: str | None = None,
 ) -> contextlib.AbstractContextManager[DevServer | None]:
     """Run the enclosed block with a LiveKit dev server at `url`, starting one if needed (see module doc).
 
@@ -164,11 +185,11 @@ def ensure_dev_server(
     it started does not accept connections within `ready_timeout` seconds. `say` receives the one line that
     tells what happened (default: an INFO log record on `voice_worker.devserver`).
     """
-    return _ensure(url, binary, ready_timeout, say or _default_say)
+    return _ensure(url, binary, ready_timeout, say or _default_say, node_ip)
 
 
 @contextlib.contextmanager
-def _ensure(url: str, binary: str, ready_timeout: float, say: Say) -> Iterator[DevServer | None]:
+def _ensure(url: str, binary: str, ready_timeout: float, say: Say, node_ip: str | None) -> Iterator[DevServer | None]:
     endpoint = local_endpoint(url)
     if endpoint is None:
         say(f"LIVEKIT_URL {_without_credentials(url)} is not on this machine; not starting a dev server")
@@ -179,24 +200,24 @@ def _ensure(url: str, binary: str, ready_timeout: float, say: Say) -> Iterator[D
         say(f"something already listens on {host}:{port}; using it as the LiveKit server")
         yield None
         return
-    path = shutil.which(binary)
+    path = find_binary(binary)
     if path is None:
         say(
-            f"nothing listens on {host}:{port} and {binary} is not on PATH; start a LiveKit server "
-            f"(`{binary} --dev`) or point LIVEKIT_URL at LiveKit Cloud"
+            f"nothing listens on {host}:{port} and {binary} is not on PATH (nor in .tools/bin: scripts/setup "
+            f"builds it); start a LiveKit server (`{binary} --dev`) or point LIVEKIT_URL at LiveKit Cloud"
         )
         yield None
         return
-    server = _start(path, host, port, ready_timeout, say)
+    server = _start(path, host, port, ready_timeout, say, node_ip)
     try:
         yield server
     finally:
         server.stop()
 
 
-def _start(path: str, host: str, port: int, ready_timeout: float, say: Say) -> DevServer:
+def _start(path: str, host: str, port: int, ready_timeout: float, say: Say, node_ip: str | None) -> DevServer:
     log_file = tempfile.NamedTemporaryFile(prefix="livekit-server-", suffix=".log", delete=False)  # noqa: SIM115
-    command = dev_server_command(path, host, port)
+    command = dev_server_command(path, host, port, node_ip)
     # A session of its own: Ctrl+C in the terminal reaches the worker only, which then stops this server
     # after it has disconnected, instead of both dying at once.
     process = subprocess.Popen(

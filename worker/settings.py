@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     door_rate_limit_per_minute: int = Field(60, ge=1, le=100_000, validation_alias="DOOR_RATE_LIMIT_PER_MINUTE")
     door_idempotency_ttl_s: int = Field(86_400, ge=60, le=7 * 86_400, validation_alias="DOOR_IDEMPOTENCY_TTL_S")
     door_host: str = Field("0.0.0.0", validation_alias="DOOR_HOST")
+    # The call page at `/` (door/call_page.py): always on in dev mode; in production only when this is true (the
+    # platform's staff: the page asks for a door API key and mints through the Feather route like any client).
+    door_call_page: bool = Field(False, validation_alias="DOOR_CALL_PAGE")
     door_port: int = Field(8000, ge=1, le=65535, validation_alias="DOOR_PORT")
 
     # --- web-call door: limits, timeouts, shared state (door/limits.py; README "Door limits") ---

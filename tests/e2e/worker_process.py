@@ -174,7 +174,7 @@ class WorkerProcess:
 class DoorProcess:
     """`voice-worker door` in production mode with one generated API key (scoped to everything)."""
 
-    def __init__(self, env: WorkerEnv, workdir: Path) -> None:
+    def __init__(self, env: WorkerEnv, workdir: Path, **extra_env: str) -> None:
         from door.keys import generate_api_key, hash_api_key
 
         self.api_key = generate_api_key()
@@ -188,7 +188,9 @@ class DoorProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 -- closed in stop()
         self.process = subprocess.Popen(
             [str(VOICE_WORKER), "door"],
-            env=env.as_environ(DOOR_API_KEYS_FILE=str(keys_file), DOOR_HOST="127.0.0.1", DOOR_PORT=str(self.port)),
+            env=env.as_environ(
+                DOOR_API_KEYS_FILE=str(keys_file), DOOR_HOST="127.0.0.1", DOOR_PORT=str(self.port), **extra_env
+            ),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -1,0 +1,207 @@
+"""The call page in a real browser: headless Chromium opens the door's page, calls an agent with a context
+variable, speaks through its fake microphone, hears and reads the agent, sees the procedure and latency panels
+fill, hangs up; the session record holds the call. Then the page's refusals, each in the words it promises.
+
+The door runs as staff would run it in production (`DOOR_CALL_PAGE=true`, a configured API key typed into the
+page); `voice-worker dev`'s own door and page are covered by tests/e2e/test_dev_stack.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.e2e import browser
+from tests.e2e.conftest import SUPPORT_AGENT, unavailable
+from tests.e2e.livekit_server import free_port
+from tests.e2e.providers import ProviderDoubles
+from tests.e2e.session_records import wait_for_record
+from tests.e2e.worker_process import DoorProcess, WorkerEnv, WorkerProcess
+
+QUESTION = "I would like a refund for my order please"
+# The page's meter is livekit-client's RMS of the float samples (0..1). The doubles' TTS tones measure about
+# 0.1-0.2 after Opus; decoded silence stays below 0.005.
+AUDIO_LEVEL = 0.02
+# The agent greets within this much of the microphone opening (join + a ~5 s greeting at the doubles' TTS pace);
+# the caller speaks after it, so the question never barges into the greeting.
+GREETING_LEAD_S = 10.0
+SCREENSHOTS = "call-page-screenshots"
+
+
+@pytest.fixture(scope="module")
+def chromium_ready() -> None:
+    reason = browser.problem()
+    if reason is not None:
+        unavailable(reason)
+
+
+@pytest.fixture(scope="module")
+def staff_door(world: WorkerEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoorProcess]:
+    process = DoorProcess(world, tmp_path_factory.mktemp("door-page"), DOOR_CALL_PAGE="true")
+    yield process
+    process.stop()
+
+
+def _peak(page: Any, meter: str) -> float:
+    return float(page.get_attribute(f"#{meter}", "data-peak") or 0)
+
+
+def _texts(page: Any, role: str) -> list[str]:
+    return [t.strip() for t in page.locator(f'#transcript li[data-role="{role}"] .text').all_inner_texts()]
+
+
+def _wait(page: Any, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    end = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > end:
+            console = "\n".join(getattr(page, "vw_console", [])[-20:])
+            raise AssertionError(
+                f"timed out after {timeout_s} s waiting for {what}\n"
+                f"state: {page.inner_text('#state')!r}; error: {page.inner_text('#error')!r}\n"
+                f"transcript: {page.inner_text('#transcript')!r}\nconsole:\n{console}"
+            )
+        page.wait_for_timeout(200)
+
+
+def _open(page: Any, door: DoorProcess, *, api_key: str | None) -> None:
+    page.goto(door.url + "/")
+    page.wait_for_selector("#setup:not([hidden])", timeout=15_000)
+    assert page.is_hidden("#boot-error")
+    if api_key is not None:
+        page.fill("#api-key", api_key)
+
+
+def test_a_call_from_the_page(
+    chromium_ready: None,
+    worker: WorkerProcess,
+    world: WorkerEnv,
+    staff_door: DoorProcess,
+    doubles: ProviderDoubles,
+    speak: Callable[[str], np.ndarray],
+    tmp_path: Path,
+) -> None:
+    name = "Dana" + uuid.uuid4().hex[:6]
+    microphone = browser.fake_microphone(tmp_path / "caller.wav", speak(QUESTION), lead_s=GREETING_LEAD_S, tail_s=40)
+    doubles.call(lambda: doubles.deepgram.script_transcripts(QUESTION))
+    shots = tmp_path / SCREENSHOTS
+    shots.mkdir()
+    with browser.chromium_page(tmp_path, microphone) as page:
+        _open(page, staff_door, api_key=staff_door.api_key)
+        page.select_option("#target", f"agent:{SUPPORT_AGENT}")
+        # typed inputs from the revision's ContextVarSpecs: string, enum (select), int (number), bool (select)
+        assert page.get_attribute("#var-customer_name", "type") == "text"
+        assert page.get_attribute("#var-order_count", "type") == "number"
+        assert page.locator("#var-tier option").all_inner_texts()[1:] == ["standard", "gold", "platinum"]
+        assert page.is_hidden("#readiness") and page.is_enabled("#start")
+        page.fill("#var-customer_name", name)
+        page.select_option("#var-tier", "gold")
+        # keyboard: the form submits with Enter from a field, as a person would
+        with page.expect_response(lambda r: r.url.endswith("/v1/voice/web-call")) as minted_response:
+            page.focus("#var-customer_name")
+            page.keyboard.press("Enter")
+        response = minted_response.value
+        assert response.status == 200, response.text()
+        minted = response.json()
+
+        _wait(page, lambda: page.get_attribute("#state", "data-state") == "connected", 15, "the room to connect")
+        # once the microphone is published the call panel takes over, with the focus on Hang up
+        _wait(page, lambda: page.evaluate("document.activeElement.id") == "hangup", 10, "the call panel")
+        _wait(page, lambda: _peak(page, "agent-level") > AUDIO_LEVEL, 15, "the agent's greeting audio")
+        _wait(page, lambda: any(name in t for t in _texts(page, "agent")), 10, "the greeting in the transcript")
+        _wait(page, lambda: QUESTION in _texts(page, "caller"), GREETING_LEAD_S + 25, "the caller's question")
+        assert _peak(page, "caller-level") > AUDIO_LEVEL  # the page heard its own microphone too
+        _wait(page, lambda: any("five business days" in t for t in _texts(page, "agent")), 20, "the agent's answer")
+        _wait(page, lambda: page.get_attribute("#procedure", "data-filled") == "true", 10, "the procedure panel")
+        assert page.get_attribute("#procedure", "data-procedure") == "refund_request"
+        _wait(page, lambda: int(page.get_attribute("#latency", "data-turns") or 0) >= 1, 10, "a turn's latency")
+        latency_row = page.locator("#latency tbody tr").last.locator("td").all_inner_texts()
+        assert latency_row[0] != "greeting" and 0 < float(latency_row[1]) < 5000, latency_row
+        context = page.inner_text("#context")
+        assert name in context and "gold" in context
+        page.screenshot(path=str(shots / "mid-call.png"), full_page=True)
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.screenshot(path=str(shots / "mid-call-phone.png"), full_page=True)
+        # nothing wider than a phone: the page reflows instead of scrolling sideways
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+        page.click("#mute")
+        assert page.get_attribute("#mute", "aria-pressed") == "true"
+        page.click("#hangup")
+        _wait(page, lambda: page.get_attribute("#state", "data-state") == "disconnected", 10, "the call to end")
+        assert page.is_visible("#new-call") and page.is_hidden("#hangup")
+        assert minted["session_id"] in page.inner_text("#session")
+
+    record = asyncio.run(wait_for_record(world.database_url, minted["session_id"]))
+    roles = [(item.role, item.text) for item in record.transcript]
+    assert ("user", QUESTION) in roles
+    assert record.procedure is not None and record.procedure.name == "refund_request"
+    assert record.end_reason is not None and record.end_reason.value == "participant_left"
+    assert record.context_variables and record.context_variables.get("customer_name") == name
+
+
+def test_the_door_refusal_is_shown_in_its_words(
+    chromium_ready: None, staff_door: DoorProcess, speak: Callable[[str], np.ndarray], tmp_path: Path
+) -> None:
+    microphone = browser.fake_microphone(tmp_path / "quiet.wav", speak("hello"), lead_s=1, tail_s=1)
+    with browser.chromium_page(tmp_path, microphone) as page:
+        _open(page, staff_door, api_key="vwd_not-a-configured-key")
+        page.select_option("#target", f"agent:{SUPPORT_AGENT}")
+        page.click("#start")
+        _wait(page, lambda: page.is_visible("#error"), 10, "the refusal")
+        error = page.inner_text("#error")
+        assert "The door refused the call (HTTP 401)" in error, error
+        assert page.is_enabled("#start")
+        # an undeclared value type: the door's 422 names the variable
+        page.fill("#api-key", staff_door.api_key)
+        page.fill("#var-order_count", "2.5")
+        page.click("#start")
+        _wait(page, lambda: "HTTP 422" in page.inner_text("#error"), 10, "the validation refusal")
+        assert "context_variables.order_count" in page.inner_text("#error")
+
+
+def test_no_microphone(chromium_ready: None, staff_door: DoorProcess, tmp_path: Path) -> None:
+    with browser.chromium_page(tmp_path, None) as page:
+        _open(page, staff_door, api_key=staff_door.api_key)
+        page.click("#start")
+        _wait(page, lambda: page.is_visible("#error"), 10, "the microphone error")
+        assert "microphone" in page.inner_text("#error").lower()
+        assert page.get_attribute("#state", "data-state") == "failed"
+
+
+def test_livekit_unreachable_and_missing_provider_keys(
+    chromium_ready: None,
+    world: WorkerEnv,
+    speak: Callable[[str], np.ndarray],
+    tmp_path: Path,
+) -> None:
+    dead = f"ws://127.0.0.1:{free_port()}"
+    for name in ("keyless", "unreachable"):
+        (tmp_path / name).mkdir()
+    # empty values count as unset (settings' env_ignore_empty): this door's agents have no provider keys
+    keyless = DoorProcess(world, tmp_path / "keyless", DOOR_CALL_PAGE="true", OPENAI_API_KEY="", DEEPGRAM_API_KEY="")
+    unreachable = DoorProcess(world, tmp_path / "unreachable", DOOR_CALL_PAGE="true", DOOR_PUBLIC_LIVEKIT_URL=dead)
+    microphone = browser.fake_microphone(tmp_path / "quiet.wav", speak("hello"), lead_s=1, tail_s=1)
+    try:
+        with browser.chromium_page(tmp_path, microphone) as page:
+            _open(page, keyless, api_key=keyless.api_key)
+            page.select_option("#target", f"agent:{SUPPORT_AGENT}")
+            notice = page.inner_text("#readiness")
+            assert "DEEPGRAM_API_KEY" in notice and "OPENAI_API_KEY" in notice, notice
+            assert page.is_disabled("#start")
+
+            _open(page, unreachable, api_key=unreachable.api_key)
+            page.select_option("#target", f"agent:{SUPPORT_AGENT}")
+            page.click("#start")
+            _wait(page, lambda: page.is_visible("#error"), 40, "the LiveKit error")
+            error = page.inner_text("#error")
+            assert f"LiveKit is unreachable at {dead}" in error, error
+    finally:
+        keyless.stop()
+        unreachable.stop()
