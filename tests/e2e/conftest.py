@@ -33,6 +33,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
+            # real processes start and calls run in real time: a worker start alone takes 10-30 s on a busy
+            # 2-core machine, so the suite-wide 120 s would cut a test that starts two of them
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(300))
 
 
 def unavailable(reason: str) -> None:
