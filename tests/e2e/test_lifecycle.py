@@ -119,6 +119,9 @@ async def test_sigkill_mid_call_ends_the_call_and_a_restart_serves_new_calls(
         assert await _agents_in(world, held["room_name"]) == []
         assert caller.agent_joined_at is not None
         assert caller.room.isconnected()  # the caller is still in the room, alone
+        # nobody was left to finish the record: it stays started, without an end (docs/real-livekit.md)
+        record = await wait_for_record(world.database_url, held["session_id"], ended=False)
+        assert record.started_at is not None and record.end_reason is None
         print(f"SIGKILL: job processes gone after {children_gone_s:.1f} s, agent removed by LiveKit after "
               f"{agent_gone_s:.1f} s, no re-dispatch")
     finally:
