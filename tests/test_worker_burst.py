@@ -22,7 +22,7 @@ import pytest
 from livekit.agents import JobExecutorType, JobProcess
 from prometheus_client import REGISTRY
 
-from catalog.loader import CatalogStore
+from catalog.loader import Catalog, CatalogStore
 from tests.doubles.held_call import idle_entrypoint
 from tests.doubles.livekit_server import AvailabilityAnswer, LiveKitServerDouble, WorkerStatusUpdate
 from worker.capacity import CallLoad
@@ -57,9 +57,20 @@ async def lk() -> AsyncIterator[LiveKitServerDouble]:
         yield double
 
 
+class BrokenCatalog(CatalogStore):
+    """A catalog that cannot be read (a bad reload, a full disk)."""
+
+    def get(self) -> Catalog:
+        raise RuntimeError("catalog unreadable")
+
+
 @asynccontextmanager
 async def running_worker(
-    lk: LiveKitServerDouble, capacity: int, *, cpu: Callable[[], float] = lambda: 0.0
+    lk: LiveKitServerDouble,
+    capacity: int,
+    *,
+    cpu: Callable[[], float] = lambda: 0.0,
+    catalog: type[CatalogStore] = CatalogStore,
 ) -> AsyncIterator[tuple[VoiceWorkerServer, DispatchGate]]:
     settings = Settings(
         _env_file=None,
@@ -75,7 +86,7 @@ async def running_worker(
         WORKER_CALL_CAPACITY=capacity,
         LOAD_THRESHOLD=0.7,
     )
-    gate = DispatchGate(settings, CatalogStore(settings.catalog_path))
+    gate = DispatchGate(settings, catalog(settings.catalog_path))
     worker = create_server(
         settings,
         gate=gate,
@@ -210,3 +221,13 @@ async def test_the_cpu_guard_refuses_offers_at_once_when_the_machine_is_busy(
         # a forged offer is still refused for what it is
         bad = await lk.offer_job(metadata=forged(), timeout=TIMEOUT)
         assert bad.terminate and gate.refusals == {"bad_signature": 1}
+
+
+async def test_an_offer_is_answered_even_when_the_dispatch_cannot_be_judged(
+    lk: LiveKitServerDouble, restore_environ: None
+) -> None:
+    async with running_worker(lk, capacity=2, catalog=BrokenCatalog) as (worker, _gate):
+        answer = await lk.offer_job(metadata=grant(), timeout=TIMEOUT)
+        # not for good: another worker (with a readable catalog) may take it
+        assert not answer.available and not answer.terminate
+        assert worker.active_jobs == []

@@ -22,6 +22,7 @@ reserved jobs (today `load_fnc(server)` sees `server.active_jobs` only).
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Protocol
 
@@ -38,6 +39,8 @@ AT_CAPACITY = "at_capacity"
 
 # The livekit-agents release this adapter was written against (the guard test names it when it changes).
 WRITTEN_FOR = "1.8.9"
+
+log = logging.getLogger("voice_worker.server")
 
 
 class OfferScreen(Protocol):
@@ -56,7 +59,14 @@ class AdmissionAdapter(AgentServer):
 
     async def _answer_availability(self, msg: agent.AvailabilityRequest, *, received_at: float | None = None) -> None:
         screen = self._offer_screen
-        if screen is not None and screen(msg.job):
+        try:
+            refuse = screen is not None and screen(msg.job)
+        except Exception:
+            # An offer must always be answered: on to livekit, whose request function meets the same trouble and
+            # refuses the offer without terminate (as before the screen existed), so another worker may take it.
+            log.exception("dispatch screen failed for job %s", msg.job.id, extra={"job_id": msg.job.id})
+            refuse = False
+        if refuse:
             # Answered here, so the offer never reaches livekit's load check nor reserves a slot.
             refusal = agent.WorkerMessage()
             refusal.availability.job_id = msg.job.id
