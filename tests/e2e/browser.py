@@ -10,9 +10,11 @@ inherits the test network namespace (tests/e2e/network.py), so its WebRTC traffi
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,3 +98,30 @@ def chromium_page(workdir: Path, microphone: Path | None, *, width: int = 1280, 
             yield page
         finally:
             context.close()
+
+
+# --- reading the page (the ids and data attributes door/static/call-page.html documents) ---------------------
+
+
+def peak(page: Any, meter: str) -> float:
+    """The highest level a meter (`caller-level`, `agent-level`) has shown since the call started."""
+    return float(page.get_attribute(f"#{meter}", "data-peak") or 0)
+
+
+def transcript(page: Any, role: str) -> list[str]:
+    """The transcript lines of `role` (`caller` or `agent`), as shown."""
+    return [t.strip() for t in page.locator(f'#transcript li[data-role="{role}"] .text').all_inner_texts()]
+
+
+def wait_until(page: Any, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `predicate` while the page runs; on timeout fail with what the page shows and said."""
+    end = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > end:
+            console = "\n".join(getattr(page, "vw_console", [])[-20:])
+            raise AssertionError(
+                f"timed out after {timeout_s} s waiting for {what}\n"
+                f"state: {page.inner_text('#state')!r}; error: {page.inner_text('#error')!r}\n"
+                f"transcript: {page.inner_text('#transcript')!r}\nconsole:\n{console}"
+            )
+        page.wait_for_timeout(200)

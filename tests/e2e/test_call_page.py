@@ -9,7 +9,6 @@ page); `voice-worker dev`'s own door and page are covered by tests/e2e/test_dev_
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,27 +48,6 @@ def staff_door(world: WorkerEnv, tmp_path_factory: pytest.TempPathFactory) -> It
     process.stop()
 
 
-def _peak(page: Any, meter: str) -> float:
-    return float(page.get_attribute(f"#{meter}", "data-peak") or 0)
-
-
-def _texts(page: Any, role: str) -> list[str]:
-    return [t.strip() for t in page.locator(f'#transcript li[data-role="{role}"] .text').all_inner_texts()]
-
-
-def _wait(page: Any, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    end = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > end:
-            console = "\n".join(getattr(page, "vw_console", [])[-20:])
-            raise AssertionError(
-                f"timed out after {timeout_s} s waiting for {what}\n"
-                f"state: {page.inner_text('#state')!r}; error: {page.inner_text('#error')!r}\n"
-                f"transcript: {page.inner_text('#transcript')!r}\nconsole:\n{console}"
-            )
-        page.wait_for_timeout(200)
-
-
 def _open(page: Any, door: DoorProcess, *, api_key: str | None) -> None:
     page.goto(door.url + "/")
     page.wait_for_selector("#setup:not([hidden])", timeout=15_000)
@@ -98,7 +76,7 @@ def test_a_call_from_the_page(
         # typed inputs from the revision's ContextVarSpecs: string, enum (select), int (number), bool (select)
         assert page.get_attribute("#var-customer_name", "type") == "text"
         assert page.get_attribute("#var-order_count", "type") == "number"
-        assert page.locator("#var-tier option").all_inner_texts()[1:] == ["standard", "gold", "platinum"]
+        assert page.locator("#var-tier option").all_innerbrowser.transcript()[1:] == ["standard", "gold", "platinum"]
         assert page.is_hidden("#readiness") and page.is_enabled("#start")
         page.fill("#var-customer_name", name)
         page.select_option("#var-tier", "gold")
@@ -110,18 +88,18 @@ def test_a_call_from_the_page(
         assert response.status == 200, response.text()
         minted = response.json()
 
-        _wait(page, lambda: page.get_attribute("#state", "data-state") == "connected", 15, "the room to connect")
+        browser.wait_until(page, lambda: page.get_attribute("#state", "data-state") == "connected", 15, "the room to connect")
         # once the microphone is published the call panel takes over, with the focus on Hang up
-        _wait(page, lambda: page.evaluate("document.activeElement.id") == "hangup", 10, "the call panel")
-        _wait(page, lambda: _peak(page, "agent-level") > AUDIO_LEVEL, 15, "the agent's greeting audio")
-        _wait(page, lambda: any(name in t for t in _texts(page, "agent")), 10, "the greeting in the transcript")
-        _wait(page, lambda: QUESTION in _texts(page, "caller"), GREETING_LEAD_S + 25, "the caller's question")
-        assert _peak(page, "caller-level") > AUDIO_LEVEL  # the page heard its own microphone too
-        _wait(page, lambda: any("five business days" in t for t in _texts(page, "agent")), 20, "the agent's answer")
-        _wait(page, lambda: page.get_attribute("#procedure", "data-filled") == "true", 10, "the procedure panel")
+        browser.wait_until(page, lambda: page.evaluate("document.activeElement.id") == "hangup", 10, "the call panel")
+        browser.wait_until(page, lambda: browser.peak(page, "agent-level") > AUDIO_LEVEL, 15, "the agent's greeting audio")
+        browser.wait_until(page, lambda: any(name in t for t in browser.transcript(page, "agent")), 10, "the greeting in the transcript")
+        browser.wait_until(page, lambda: QUESTION in browser.transcript(page, "caller"), GREETING_LEAD_S + 25, "the caller's question")
+        assert browser.peak(page, "caller-level") > AUDIO_LEVEL  # the page heard its own microphone too
+        browser.wait_until(page, lambda: any("five business days" in t for t in browser.transcript(page, "agent")), 20, "the agent's answer")
+        browser.wait_until(page, lambda: page.get_attribute("#procedure", "data-filled") == "true", 10, "the procedure panel")
         assert page.get_attribute("#procedure", "data-procedure") == "refund_request"
-        _wait(page, lambda: int(page.get_attribute("#latency", "data-turns") or 0) >= 1, 10, "a turn's latency")
-        latency_row = page.locator("#latency tbody tr").last.locator("td").all_inner_texts()
+        browser.wait_until(page, lambda: int(page.get_attribute("#latency", "data-turns") or 0) >= 1, 10, "a turn's latency")
+        latency_row = page.locator("#latency tbody tr").last.locator("td").all_innerbrowser.transcript()
         assert latency_row[0] != "greeting" and 0 < float(latency_row[1]) < 5000, latency_row
         context = page.inner_text("#context")
         assert name in context and "gold" in context
@@ -134,7 +112,7 @@ def test_a_call_from_the_page(
         page.click("#mute")
         assert page.get_attribute("#mute", "aria-pressed") == "true"
         page.click("#hangup")
-        _wait(page, lambda: page.get_attribute("#state", "data-state") == "disconnected", 10, "the call to end")
+        browser.wait_until(page, lambda: page.get_attribute("#state", "data-state") == "disconnected", 10, "the call to end")
         assert page.is_visible("#new-call") and page.is_hidden("#hangup")
         assert minted["session_id"] in page.inner_text("#session")
 
@@ -154,7 +132,7 @@ def test_the_door_refusal_is_shown_in_its_words(
         _open(page, staff_door, api_key="vwd_not-a-configured-key")
         page.select_option("#target", f"agent:{SUPPORT_AGENT}")
         page.click("#start")
-        _wait(page, lambda: page.is_visible("#error"), 10, "the refusal")
+        browser.wait_until(page, lambda: page.is_visible("#error"), 10, "the refusal")
         error = page.inner_text("#error")
         assert "The door refused the call (HTTP 401)" in error, error
         assert page.is_enabled("#start")
@@ -162,7 +140,7 @@ def test_the_door_refusal_is_shown_in_its_words(
         page.fill("#api-key", staff_door.api_key)
         page.fill("#var-order_count", "2.5")
         page.click("#start")
-        _wait(page, lambda: "HTTP 422" in page.inner_text("#error"), 10, "the validation refusal")
+        browser.wait_until(page, lambda: "HTTP 422" in page.inner_text("#error"), 10, "the validation refusal")
         assert "context_variables.order_count" in page.inner_text("#error")
 
 
@@ -170,7 +148,7 @@ def test_no_microphone(chromium_ready: None, staff_door: DoorProcess, tmp_path: 
     with browser.chromium_page(tmp_path, None) as page:
         _open(page, staff_door, api_key=staff_door.api_key)
         page.click("#start")
-        _wait(page, lambda: page.is_visible("#error"), 10, "the microphone error")
+        browser.wait_until(page, lambda: page.is_visible("#error"), 10, "the microphone error")
         assert "microphone" in page.inner_text("#error").lower()
         assert page.get_attribute("#state", "data-state") == "failed"
 
@@ -199,7 +177,7 @@ def test_livekit_unreachable_and_missing_provider_keys(
             _open(page, unreachable, api_key=unreachable.api_key)
             page.select_option("#target", f"agent:{SUPPORT_AGENT}")
             page.click("#start")
-            _wait(page, lambda: page.is_visible("#error"), 40, "the LiveKit error")
+            browser.wait_until(page, lambda: page.is_visible("#error"), 40, "the LiveKit error")
             error = page.inner_text("#error")
             assert f"LiveKit is unreachable at {dead}" in error, error
     finally:

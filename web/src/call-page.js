@@ -29,6 +29,7 @@ const page = {
   agentTimer: null,
   segments: new Map(),
   minted: null,
+  agentMissing: false,
 };
 
 const STATE_LABELS = {
@@ -293,6 +294,7 @@ async function placeCall(target, apiKey) {
   for (const participant of room.remoteParticipants.values()) onParticipant(participant);
   page.agentTimer = setTimeout(() => {
     if (![...room.remoteParticipants.values()].some((p) => p.isAgent)) {
+      page.agentMissing = true;
       showError(
         'No agent joined the call. Is the worker running and registered with this LiveKit server? ' +
           "Its log says why it refused a dispatch (for example a provider key it is missing).",
@@ -325,6 +327,9 @@ function wireRoom(room) {
 function onParticipant(participant) {
   if (!participant.isAgent) return;
   clearTimeout(page.agentTimer);
+  // a slow start (a worker in dev mode starts a process per call) is not a failure once the agent is here
+  if (page.agentMissing) clearError();
+  page.agentMissing = false;
   renderStatus(participant.attributes || {});
 }
 
@@ -377,6 +382,17 @@ function fmt(ms) {
   return ms === null || ms === undefined ? '–' : String(Math.round(ms));
 }
 
+// procedures/supervisor.py's DecisionReason, in words
+const REASONS = {
+  keyword: 'a keyword matched',
+  router: 'chosen by the router',
+  always_on: 'the always-on procedure',
+  router_none: 'the router chose none: fallback',
+  router_error: 'the router failed: fallback',
+  router_timeout: 'the router timed out: fallback',
+  no_procedures: 'the revision has no procedures',
+};
+
 function renderStatus(attributes) {
   $('agent-state').textContent = attributes['lk.agent.state'] ? `· ${attributes['lk.agent.state']}` : '';
   const call = parse(attributes['voice_worker.call']);
@@ -391,8 +407,10 @@ function renderStatus(attributes) {
   if (procedure) {
     const p = $('procedure');
     p.replaceChildren(el('strong', {}, procedure.name || 'none (the revision\'s own behaviour)'));
-    const router = procedure.router_latency_ms === null ? '' : `, router ${fmt(procedure.router_latency_ms)} ms`;
-    p.append(el('span', { className: 'hint' }, ` — ${procedure.reason.replace('_', ' ')}${router}`));
+    p.append(el('span', { className: 'hint' }, ` — ${REASONS[procedure.reason] || procedure.reason}`));
+    if (procedure.router_latency_ms !== null) {
+      p.append(el('span', { className: 'hint' }, ` (router ${fmt(procedure.router_latency_ms)} ms)`));
+    }
     p.dataset.filled = 'true';
     p.dataset.procedure = procedure.name || '';
   }
