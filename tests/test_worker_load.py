@@ -41,6 +41,17 @@ def test_load_is_the_larger_of_call_share_and_cpu():
         blended_load(1, 0, 0.0)
 
 
+def test_cpu_guard_off_leaves_the_call_count_alone_to_decide(monkeypatch: pytest.MonkeyPatch):
+    # a machine pegged by other programs (the real-server tests: livekit-server and callers beside the worker)
+    monkeypatch.setattr("worker.capacity._PROCESS_CPU", lambda: 1.0)
+    guarded = CallLoad.from_settings(Settings(WORKER_CALL_CAPACITY=10))
+    unguarded = CallLoad.from_settings(Settings(WORKER_CALL_CAPACITY=10, WORKER_CPU_GUARD=False))
+    assert not guarded.has_room(active=0, reserved=0)
+    assert unguarded.has_room(active=0, reserved=0)
+    assert unguarded.effective(active=5, reserved=0) == pytest.approx(0.5)
+    assert not unguarded.has_room(active=9, reserved=1)
+
+
 @pytest.fixture
 def restore_environ() -> Iterator[None]:
     # AgentServer.run() exports LIVEKIT_URL/API_KEY/API_SECRET into os.environ

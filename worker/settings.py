@@ -144,11 +144,15 @@ class Settings(BaseSettings):
     # DEFAULT_WORKER_CALL_CAPACITY for the executor (see `call_capacity`).
     worker_call_capacity: int | None = Field(None, ge=1, le=10_000, validation_alias="WORKER_CALL_CAPACITY")
     # How a worker runs its calls (docs/operations.md, "Executor and density"): "process" gives every call a
-    # process of its own (livekit's default: a crash ends one call; ~75 MB per call); "thread" runs every call
-    # as a thread of the worker process, sharing its models (~3 MB per call; a crash ends the worker's calls).
+    # process of its own (livekit's default: a crash ends one call; ~79 MB per call); "thread" runs every call
+    # as a thread of the worker process, sharing its models (~2.5 MB per call; a crash ends the worker's calls).
     job_executor: Literal["process", "thread"] = Field("process", validation_alias="JOB_EXECUTOR")
     # CPU guard: at this fraction of CPU use the worker reports itself full (worker/capacity.py), however few calls.
     load_threshold: float = Field(0.7, gt=0, le=1, validation_alias="LOAD_THRESHOLD")
+    # Whether the machine's CPU use counts in the load (worker/capacity.py). Off where the machine's CPU is not the
+    # worker's to judge: a machine shared with other work (a laptop, the real-server tests, where livekit-server
+    # and the callers share the cores), so an idle worker is not reported full by someone else's load.
+    worker_cpu_guard: bool = Field(True, validation_alias="WORKER_CPU_GUARD")
     # SIGTERM: how long active calls may run on before they are ended.
     drain_timeout_s: int = Field(600, ge=1, le=86_400, validation_alias="DRAIN_TIMEOUT_S")
     # At exit, after the calls ended: how long the last webhook delivery attempt may take.
