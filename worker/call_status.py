@@ -5,14 +5,15 @@ worker knows is published here as attributes of the agent's own participant, eac
 client of the room (the door's call page, the Agents Playground, a platform page) can read them from
 `participant.attributes` and follow `ParticipantAttributesChanged`:
 
-| attribute | value |
-|---|---|
-| `voice_worker.call` | `{"agent", "revision", "team", "session_type", "context_variables"}`: who answers and the seeded variables it got (set at start) |
-| `voice_worker.procedure` | `{"name", "reason", "router_latency_ms"}`: the supervisor's turn-1 choice (`name` null: the revision's own behaviour) |
-| `voice_worker.turns` | `[{"turn", "end_of_speech_to_first_audio_ms", "llm_ttft_ms", "tts_ttfb_ms"}, ...]`: the last `MAX_TURNS` turns |
+- `voice_worker.call`: `{"agent", "revision", "team", "session_type", "context_variables"}`: who answers and the
+  seeded variables it got (set at start);
+- `voice_worker.procedure`: `{"name", "reason", "router_latency_ms"}`: the supervisor's turn-1 choice (`name` null:
+  the revision's own behaviour; `reason` one of procedures/supervisor.py's DecisionReason values);
+- `voice_worker.turns`: `[{"turn", "end_of_speech_to_first_audio_ms", "llm_ttft_ms", "tts_ttfb_ms"}, ...]`: the
+  last `MAX_TURNS` turns, turn 0 being the greeting (milliseconds; null where livekit measured nothing).
 
 Nothing secret goes in: the context variables are the ones the caller's own token carries, and the figures are
-the ones the session record keeps (records/history.py computes both from the same chat history). Updates follow
+the session record's own (records/history.py, from the same chat history). Updates follow
 the conversation (livekit's `conversation_item_added`): the procedure is decided before turn 1's reply is
 committed, and a turn's latencies are on the assistant message when it is added.
 """

@@ -462,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--log-level", default="INFO")
         if name == "dev":
             p.add_argument("--worker-only", action="store_true", help="only the worker (no LiveKit, no door)")
-            p.add_argument("--livekit-url", help="an existing LiveKit server (default: LIVEKIT_URL, else a local dev one)")
+            p.add_argument("--livekit-url", help="an existing LiveKit server (default: LIVEKIT_URL, else a dev one)")
             p.add_argument("--door-port", type=int, help="the door's and call page's port (default: DOOR_PORT, 8000)")
             p.add_argument("--node-ip", help="the address a started livekit-server --dev puts in its ICE candidates")
             p.add_argument("--verbose", action="store_true", help="echo every line of the worker and door logs")

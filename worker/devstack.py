@@ -7,8 +7,8 @@ Three parts, each announced in one line with its address once it is up, then the
 2. The worker: `voice-worker dev --worker-only` (the worker alone, dev mode: livekit-server --dev's public keys and
    a marked dev-only signing secret; `voice-worker start` refuses both), as a child process.
 3. The door with its call page: `voice-worker door` in dev mode, as a child process, on `127.0.0.1:8000` unless
-   `DOOR_HOST` / `DOOR_PORT` (or `--door-port`) say otherwise: the dev door accepts a public key, so it is not
-   offered to the network unless asked.
+   `DOOR_PORT` (or `--door-port`) or a specific `DOOR_HOST` address say otherwise: the dev door accepts a public
+   key, so a wildcard DOOR_HOST is narrowed to loopback.
 
 The children run in sessions of their own, so Ctrl-C reaches this process only, which stops the parts in the
 order that lets calls end well: the door first (no new calls), then the worker with SIGTERM (it refuses new
@@ -114,7 +114,12 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], logs: Path, verbose:
     log_file = open(log_path, "ab")  # noqa: SIM115 -- closed by the relay thread when the child's output ends
     # A session of its own: Ctrl-C in the terminal reaches the stack only, which stops the parts in order.
     process = subprocess.Popen(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     assert process.stdout is not None
     relay = threading.Thread(
@@ -163,8 +168,10 @@ class DevStack:
 
     @property
     def door_host(self) -> str:
-        # An explicit DOOR_HOST is the operator's choice; the default (0.0.0.0) is production's, not a laptop's.
-        return self.settings.door_host if "door_host" in self.settings.model_fields_set else "127.0.0.1"
+        # The dev door accepts a public key: a wildcard (production's default, and .env.example's) is narrowed to
+        # loopback; a specific address in DOOR_HOST is the operator's deliberate choice and is kept.
+        host = self.settings.door_host
+        return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
     @property
     def door_port(self) -> int:
