@@ -9,7 +9,11 @@ figure to JSON (default benchmarks/results/run.json, run-short.json with --short
    500 ms endpointing, three turns), measured here with the call simulator (benchmarks/simulator.py);
 3. turn-1 penalty: benchmarks/turn1_penalty.py's last result (benchmarks/results/turn1_penalty.json), and the
    simulator's own turn 1 vs later turns;
-4. density (benchmarks/density.py).
+4. density (benchmarks/density.py);
+5. the real media path (benchmarks/real_server.py, in a process of its own: it moves into a private network
+   namespace and needs root, the pinned livekit-server and espeak-ng): voice-to-voice and density at real
+   WebRTC callers on a real livekit-server, the worker against stock livekit-agents; its own JSON
+   (real_server.json beside this run's) is summarised in this one.
 `--short` runs a few calls of each (CI: it keeps the benchmarks from rotting; its figures mean little).
 """
 
@@ -22,6 +26,7 @@ import logging
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -210,6 +215,23 @@ def run_density(short: bool) -> list[density.Sweep]:
     ]
 
 
+# -- 5. the real media path -------------------------------------------------------------------------------
+
+
+def run_real_server(short: bool, run_json: Path) -> dict[str, Any]:
+    """benchmarks/real_server.py in its own process (its network namespace must be made before any thread, and
+    this process has threads); its JSON lands beside this run's. On failure, what went wrong instead of figures."""
+    from benchmarks import real_server
+
+    path = real_server.default_json(short, run_json.parent)
+    command = [sys.executable, "-m", "benchmarks.real_server", "--json", str(path)] + (["--short"] if short else [])
+    proc = subprocess.run(command, cwd=RESULTS.parent.parent, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout)[-3000:], "json": str(path)}
+    report: dict[str, Any] = json.loads(path.read_text())
+    return {"json": str(path), "summary": report["summary"], "markdown": real_server.render_markdown(report["summary"])}
+
+
 # -- the report ----------------------------------------------------------------------------------------------
 
 
@@ -240,12 +262,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--only",
         nargs="*",
-        choices=["call_start", "turns", "turn1", "density"],
+        choices=["call_start", "turns", "turn1", "density", "real_server"],
         help="run only these benchmarks (default: all)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
-    only = set(args.only or ["call_start", "turns", "turn1", "density"])
+    only = set(args.only or ["call_start", "turns", "turn1", "density", "real_server"])
     command = "python -m benchmarks.run " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     started = time.time()
     box = machine()
@@ -294,15 +316,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         report["density"] = [s.as_dict() for s in sweeps]
         sections += ["", f"### Density ({box['logical_cores']} cores)", "", density.markdown(sweeps)]
 
+    path = args.json or RESULTS / ("run-short.json" if args.short else "run.json")
+    if "real_server" in only:
+        real = run_real_server(args.short, path)
+        report["real_server"] = real
+        title = f"### Real livekit-server, real WebRTC callers ({box['logical_cores']} cores)"
+        sections += ["", title, "", real.get("markdown") or f"FAILED:\n```\n{real['error']}\n```"]
+        sections.append(f"\nFull figures: {real['json']}")
+
     pool.shutdown()
     report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     report["load_average_at_end"] = os.getloadavg()
     report["duration_s"] = round(time.time() - started, 1)
-    path = args.json or RESULTS / ("run-short.json" if args.short else "run.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str))
     print("\n".join(sections))
     print(f"\nResults: {path} ({report['duration_s']} s)")
+    if "error" in report.get("real_server", {}):
+        raise SystemExit("the real-server benchmark failed (see above); the other figures were written")
     return report
 
 
