@@ -16,13 +16,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from catalog.loader import CatalogStore
-from door.metrics import install_metrics
 from door import call_page, feather, refusals, revdesk
 from door.core import WebCallService
 from door.dependencies import DoorContext, Limiter
 from door.idempotency import Idempotency, IdempotencyStore
 from door.keys import key_ring_for
 from door.limits import RequestLimits
+from door.metrics import install_metrics
 from door.ratelimit import RateLimiter
 from door.schemas import Health
 from door.server import serve

@@ -32,7 +32,8 @@ class DoorContext:
     idempotency_key_max_chars: int
 
 
-def door_context(request: Request) -> DoorContext:
+async def door_context(request: Request) -> DoorContext:
+    # async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request.
     context: DoorContext = request.app.state.door
     return context
 
@@ -63,11 +64,11 @@ bearer = HTTPBearer(
 
 
 async def feather_caller(request: Request, presented: str | None = Security(api_key_header)) -> ApiKey:
-    return await _admit(door_context(request), presented, {})
+    return await _admit(request.app.state.door, presented, {})
 
 
 async def revdesk_caller(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)
 ) -> ApiKey:
     presented = credentials.credentials if credentials is not None else None
-    return await _admit(door_context(request), presented, {"WWW-Authenticate": "Bearer"})
+    return await _admit(request.app.state.door, presented, {"WWW-Authenticate": "Bearer"})

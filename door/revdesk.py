@@ -32,7 +32,8 @@ Mint a LiveKit join token for a browser test call with an agent. Hand `token` an
 browser client; LiveKit creates the room when it joins and dispatches the agent, named in a signed grant
 inside the token. The session is recorded with `session_type="test"`.
 
-`Idempotency-Key` (1 to `DOOR_IDEMPOTENCY_KEY_MAX_CHARS`, by default 255, characters; a UUID is recommended): a repeat of the same request with the same key,
+`Idempotency-Key` (1 to `DOOR_IDEMPOTENCY_KEY_MAX_CHARS`, by default 255, characters; a UUID is
+recommended): a repeat of the same request with the same key,
 within the key's lifetime, returns the stored response with `Idempotent-Replayed: true` and starts no second
 session; concurrent repeats wait for the first. The same key on a different request is a 409
 (`idempotency_conflict`). Keys are scoped to the API key that used them; refusals are not stored.

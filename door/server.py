@@ -37,7 +37,8 @@ class HeaderTimeoutProtocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    # asyncio.Protocol's parameter is a BaseTransport; uvicorn's H11Protocol narrows it the same way
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as H11Protocol
         super().connection_made(transport)
         self._arm()
 

@@ -120,10 +120,10 @@ class DatabaseRateLimiter:
             .returning(b.tokens, b.granted)
         )
         with self._engine.begin() as conn:
-            tokens, granted = conn.execute(statement).one()
-        if granted:
+            row = conn.execute(statement).one()
+        if row.granted:
             return None
-        return max(1, math.ceil((1.0 - float(tokens)) / self._refill_per_s))
+        return max(1, math.ceil((1.0 - float(row.tokens)) / self._refill_per_s))
 
 
 Claim = Literal["mine", "conflict", "wait", "replay", "again"]

@@ -104,7 +104,9 @@ async def test_a_chunked_body_is_cut_off_at_the_limit(client: httpx.AsyncClient)
 
 
 async def test_context_variables_have_bounds(client: httpx.AsyncClient) -> None:
-    huge_int = await client.post(FEATHER, json=_feather({"order_count": 99999999999999999999999}), headers=feather_headers())
+    huge_int = await client.post(
+        FEATHER, json=_feather({"order_count": 99999999999999999999999}), headers=feather_headers()
+    )
     [error] = _detail(huge_int, 422)
     assert error["loc"] == ["body", "context_variables", "order_count"] and "out of range" in error["msg"]
 
@@ -112,9 +114,7 @@ async def test_context_variables_have_bounds(client: httpx.AsyncClient) -> None:
     [error] = _detail(long_text, 422)
     assert "at most 1024 characters" in error["msg"] and len(long_text.content) < 1000  # never echoed back
 
-    too_many = await client.post(
-        FEATHER, json=_feather({f"v{i}": 1 for i in range(65)}), headers=feather_headers()
-    )
+    too_many = await client.post(FEATHER, json=_feather({f"v{i}": 1 for i in range(65)}), headers=feather_headers())
     [error] = _detail(too_many, 422)
     assert error["loc"] == ["body", "context_variables"] and "at most 64" in error["msg"]
 
@@ -142,12 +142,16 @@ async def test_header_sizes_are_limited_and_worded_in_characters(client: httpx.A
 
 
 async def test_limits_are_documented_in_the_openapi_document(tmp_path: Path) -> None:
-    app = create_app(make_settings(tmp_path, DOOR_IDEMPOTENCY_KEY_MAX_CHARS=64), session_creator=RecordingSessionCreator())
+    app = create_app(
+        make_settings(tmp_path, DOOR_IDEMPOTENCY_KEY_MAX_CHARS=64), session_creator=RecordingSessionCreator()
+    )
     async for client in _client(app):
         schema = (await client.get("/openapi.json")).json()
     revdesk = schema["paths"]["/v1/agents/{id}/web-call"]["post"]
     feather = schema["paths"][FEATHER]["post"]
-    assert {"400", "401", "403", "404", "405", "408", "409", "413", "415", "429", "500", "503"} <= set(revdesk["responses"])
+    assert {"400", "401", "403", "404", "405", "408", "409", "413", "415", "429", "500", "503"} <= set(
+        revdesk["responses"]
+    )
     assert {"400", "408", "413", "422", "429", "500"} <= set(feather["responses"])
     [idem] = [p for p in revdesk["parameters"] if p["name"] == "Idempotency-Key"]
     assert (idem["schema"]["minLength"], idem["schema"]["maxLength"]) == (1, 64)
@@ -179,7 +183,9 @@ class ExplodingCatalog(CatalogStore):
 
 async def test_an_unexpected_failure_is_a_500_in_each_shape_and_leaks_nothing(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    app = create_app(settings, catalog_store=ExplodingCatalog(settings.catalog_path), session_creator=RecordingSessionCreator())
+    app = create_app(
+        settings, catalog_store=ExplodingCatalog(settings.catalog_path), session_creator=RecordingSessionCreator()
+    )
     async for client in _client(app):
         revdesk = await client.post(revdesk_path(SUPPORT_AGENT), headers=revdesk_headers())
         feather = await client.post(FEATHER, json=_feather(), headers=feather_headers())
@@ -254,7 +260,10 @@ def test_fifty_clients_sending_oversized_bodies_do_not_grow_memory(door: DoorPro
         path = FEATHER if i % 2 else revdesk_path(SUPPORT_AGENT)
         auth = f"x-api-key: {KEY_ALL}" if i % 2 else f"Authorization: Bearer {KEY_ALL}"
         framing = "transfer-encoding: chunked" if i % 4 < 2 else f"content-length: {per_client}"
-        writer.write(f"POST {path} HTTP/1.1\r\nHost: door\r\n{auth}\r\ncontent-type: application/json\r\n{framing}\r\n\r\n".encode())
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: door\r\n{auth}\r\n"
+            f"content-type: application/json\r\n{framing}\r\n\r\n".encode()
+        )
         answer = b""
         if "content-length" in framing:
             # Refused on the declared length alone: the answer comes before any body byte is sent.
@@ -297,7 +306,9 @@ def test_fifty_clients_sending_oversized_bodies_do_not_grow_memory(door: DoorPro
     assert httpx.post(f"{door.url}{FEATHER}", json=_feather(), headers=feather_headers(), timeout=5).status_code == 200
     metrics = httpx.get(f"{door.url}/metrics").text
     refused = sum(
-        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("voice_worker_door_requests_total") and 'status="413"' in line
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("voice_worker_door_requests_total") and 'status="413"' in line
     )
     assert refused == 50
 
@@ -334,7 +345,9 @@ def test_every_log_line_is_json_and_no_secret_appears(tmp_path: Path) -> None:
     assert {"uvicorn.access", "uvicorn.error", "voice_worker.door"} <= loggers, loggers
     minted = [r for r in records if r["message"].startswith("web call minted")]
     assert minted and all(r["session_id"] for r in minted)
-    assert any(r.get("session_id") == call.json()["session_id"] and r.get("agent_id") == str(SUPPORT_AGENT) for r in minted)
+    assert any(
+        r.get("session_id") == call.json()["session_id"] and r.get("agent_id") == str(SUPPORT_AGENT) for r in minted
+    )
 
     text = "\n".join(lines)
     tokens = (call.json()["access_token"], revdesk.json()["data"]["token"])
@@ -356,7 +369,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path) -> None
     time.sleep(0.5)
     assert door.process.poll() is None, "the door exited with a request in flight"
     sock.sendall(body[10:])
-    closed, received = _closed_within(sock, 10.0)
+    _, received = _closed_within(sock, 10.0)
     sock.close()
     assert received.startswith(b"HTTP/1.1 200"), received[:200]
     assert json.loads(received.split(b"\r\n\r\n", 1)[1])["session_id"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,12 +21,17 @@ RATE_PER_MINUTE = 10
 
 @pytest.fixture(scope="module")
 def replicas(
-    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: PostgresServer,  # noqa: F811
 ) -> Iterator[tuple[DoorProcess, DoorProcess, str]]:
     # One pair for the module (the tests use distinct API keys): a door takes seconds to start on a busy machine.
     database_url = postgres_server.create_database()
     tmp_path = tmp_path_factory.mktemp("replicas")
-    settings = {"DATABASE_URL": database_url, "DOOR_SHARED_STATE": "database", "DOOR_RATE_LIMIT_PER_MINUTE": RATE_PER_MINUTE}
+    settings = {
+        "DATABASE_URL": database_url,
+        "DOOR_SHARED_STATE": "database",
+        "DOOR_RATE_LIMIT_PER_MINUTE": RATE_PER_MINUTE,
+    }
     first = start_door(tmp_path, "door-a", **settings)
     try:
         second = start_door(tmp_path, "door-b", **settings)
@@ -51,9 +55,7 @@ def _sessions(database_url: str) -> list[uuid.UUID]:
 
 async def _post_all(urls: list[str], key: str, idempotency_key: str | None) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=30) as client:
-        return await asyncio.gather(
-            *(client.post(url, headers=revdesk_headers(key, idempotency_key)) for url in urls)
-        )
+        return await asyncio.gather(*(client.post(url, headers=revdesk_headers(key, idempotency_key)) for url in urls))
 
 
 def test_one_idempotency_key_sent_to_both_replicas_at_once_is_one_session(
@@ -70,7 +72,9 @@ def test_one_idempotency_key_sent_to_both_replicas_at_once_is_one_session(
     assert len(_sessions(database_url)) == 1  # the module's first test: nothing else has called yet
 
     # The key stays bound to that request on both replicas.
-    other = httpx.post(f"{second.url}{revdesk_path(uuid.uuid4())}", headers=revdesk_headers(KEY_ALL, "retry-on-any-replica"))
+    other = httpx.post(
+        f"{second.url}{revdesk_path(uuid.uuid4())}", headers=revdesk_headers(KEY_ALL, "retry-on-any-replica")
+    )
     assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_conflict"
     assert len(_sessions(database_url)) == 1
 
@@ -83,5 +87,9 @@ def test_a_keys_rate_limit_holds_across_replicas(replicas: tuple[DoorProcess, Do
     responses = asyncio.run(_post_all(urls, KEY_OTHER_CLIENT, None))
     statuses = [r.status_code for r in responses]
     assert statuses.count(200) == RATE_PER_MINUTE and statuses.count(429) == 2 * RATE_PER_MINUTE, statuses
-    assert all(r.json()["error"]["code"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1 for r in responses if r.status_code == 429)
+    assert all(
+        r.json()["error"]["code"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1
+        for r in responses
+        if r.status_code == 429
+    )
     assert len(_sessions(database_url)) - before == RATE_PER_MINUTE

@@ -1,0 +1,328 @@
+"""The web-call door under load: `python -m benchmarks.door [--requests 500] [--rate 200] [--json PATH]`.
+
+Each target is a real process on this machine, started here, and loaded by a small asyncio HTTP/1.1 client
+(keep-alive connections, one request at a time on each). Not httpx: on these 2 shared cores httpx spent three
+times the CPU of the server it measured (2.7 s against 0.9 s for 500 requests), so it measured itself.
+- `ceiling`: a bare FastAPI endpoint on the same uvicorn settings that only mints a token (the door's minting
+  core, `worker.tokens.mint_call`) — what this machine can do at all;
+- `door-sqlite`: `voice-worker door` in production mode (JSON logs, 20 hashed API keys, rate limits, session row
+  written to SQLite per call);
+- `door-postgresql`: the same with DATABASE_URL on PostgreSQL (`--postgres-url`, else a throwaway cluster as
+  the tests start one) and `DOOR_SHARED_STATE=database`, as a fleet of replicas runs it.
+
+Two loads per target, Feather requests spread over 20 API keys:
+1. closed loop: `--requests` requests, 50 in flight at any time -> requests per second, p50, p99;
+2. open loop: `--rate` requests per second for `--seconds`, each latency measured from its scheduled start (a
+   slow answer cannot hide the queue behind it) -> p50, p99. Goal: p99 <= 100 ms at 200 requests per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from door.keys import hash_api_key
+
+CONCURRENCY = 50
+KEYS = 20
+SUPPORT_AGENT = "5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01"
+FEATHER = "/v1/voice/web-call"
+GOAL_P99_MS = 100.0
+
+
+@dataclass
+class LoadResult:
+    target: str
+    load: str
+    requests: int
+    errors: int
+    seconds: float
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def _keys() -> list[str]:
+    return [f"vwd_bench-key-{i:02d}-0123456789abcdef0123456789abcdef" for i in range(KEYS)]
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: enough of the protocol for the door's JSON answers."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, url: str) -> Connection:
+        host, port = url.removeprefix("http://").split(":")
+        return cls(*await asyncio.open_connection(host, int(port)))
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nhost: door\r\ncontent-type: application/json\r\n{head}"
+            f"content-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(raw[9:12])
+        length = 0
+        for line in raw.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+_BODY = json.dumps({"agent_id": SUPPORT_AGENT}).encode()
+
+
+async def closed_loop(url: str, total: int, target: str) -> LoadResult:
+    keys = _keys()
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(total))
+
+    async def worker() -> None:
+        nonlocal errors
+        connection = await Connection.open(url)
+        try:
+            for i in counter:
+                started = time.perf_counter()
+                status = await connection.post(FEATHER, _BODY, {"x-api-key": keys[i % KEYS]})
+                latencies.append(time.perf_counter() - started)
+                errors += status != 200
+        finally:
+            connection.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    seconds = time.perf_counter() - began
+    return LoadResult(
+        target,
+        f"closed loop, {CONCURRENCY} in flight",
+        total,
+        errors,
+        round(seconds, 2),
+        round(total / seconds, 1),
+        round(_percentile(latencies, 0.5) * 1000, 1),
+        round(_percentile(latencies, 0.99) * 1000, 1),
+    )
+
+
+async def open_loop(url: str, rate: float, seconds: float, target: str) -> LoadResult:
+    keys = _keys()
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    errors = 0
+    idle: list[Connection] = [await Connection.open(url) for _ in range(CONCURRENCY)]
+
+    async def one(i: int, scheduled: float) -> None:
+        nonlocal errors
+        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        # A free connection if there is one, else a new one (a browser's request does not wait for another's).
+        connection = idle.pop() if idle else await Connection.open(url)
+        status = await connection.post(FEATHER, _BODY, {"x-api-key": keys[i % KEYS]})
+        latencies.append(time.perf_counter() - scheduled)
+        errors += status != 200
+        idle.append(connection)
+
+    began = time.perf_counter() + 0.2
+    await asyncio.gather(*(one(i, began + i / rate) for i in range(total)))
+    elapsed = time.perf_counter() - began
+    for connection in idle:
+        connection.close()
+    return LoadResult(
+        target,
+        f"open loop, {rate:g} req/s",
+        total,
+        errors,
+        round(elapsed, 2),
+        round(total / elapsed, 1),
+        round(_percentile(latencies, 0.5) * 1000, 1),
+        round(_percentile(latencies, 0.99) * 1000, 1),
+    )
+
+
+# --- targets --------------------------------------------------------------------------------------------------
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} never became ready")
+
+
+@contextmanager
+def _process(argv: list[str], env: dict[str, str], cwd: Path, port: int, name: str) -> Iterator[str]:
+    log = cwd / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def _door_env(work: Path, port: int, database_url: str, shared: str) -> dict[str, str]:
+    from tests.doubles.door_process import door_env
+
+    keys_file = work / "door-keys.yaml"
+    entries = [
+        {"name": f"bench-{i:02d}", "sha256": hash_api_key(key), "scopes": {"agents": ["*"], "teams": ["*"]}}
+        for i, key in enumerate(_keys())
+    ]
+    keys_file.write_text(yaml.safe_dump(entries), encoding="utf-8")
+    return door_env(
+        work,
+        DOOR_PORT=port,
+        DATABASE_URL=database_url,
+        DOOR_SHARED_STATE=shared,
+        DOOR_API_KEYS_FILE=keys_file,
+        DOOR_RATE_LIMIT_PER_MINUTE=100_000,
+    )
+
+
+def serve_ceiling(port: int) -> None:
+    """The ceiling: FastAPI + uvicorn (the door's server settings), one route that mints a token and nothing else."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    from tests.doubles.door_world import make_settings
+    from worker.tokens import mint_call
+
+    settings = make_settings(Path(tempfile.mkdtemp(prefix="door-ceiling-")))
+    app = FastAPI()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post(FEATHER)
+    async def mint(body: dict[str, Any]) -> dict[str, str]:
+        import uuid
+
+        return mint_call(settings, session_type="test", agent_id=uuid.UUID(body["agent_id"])).as_web_call_response()
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", server_header=False)
+
+
+def _run_target(url: str, target: str, args: argparse.Namespace) -> list[LoadResult]:
+    asyncio.run(closed_loop(url, 50, target))  # warm-up: imports, connections, the first session rows
+    results = [asyncio.run(closed_loop(url, args.requests, target))]
+    results.append(asyncio.run(open_loop(url, args.rate, args.seconds, target)))
+    for result in results:
+        print(
+            f"  {result.load:28} {result.requests_per_s:7.1f} req/s  p50 {result.p50_ms:6.1f} ms  "
+            f"p99 {result.p99_ms:7.1f} ms  errors {result.errors}",
+            flush=True,
+        )
+    return results
+
+
+def _postgres(args: argparse.Namespace, stack: list[Any]) -> str:
+    if args.postgres_url:
+        return str(args.postgres_url)
+    from tests.doubles.postgres import PostgresServer, _Cluster, _find_bin_dir
+
+    bin_dir = _find_bin_dir()
+    if bin_dir is None:
+        raise RuntimeError("no PostgreSQL: pass --postgres-url or install the server binaries")
+    cluster = _Cluster(bin_dir)
+    stack.append(cluster)
+    return PostgresServer(admin_dsn=cluster.start()).create_database()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.door", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--targets", default="ceiling,door-sqlite,door-postgresql")
+    parser.add_argument("--postgres-url", help="an empty PostgreSQL database (default: a throwaway cluster)")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/door.json"))
+    parser.add_argument("--serve-ceiling", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_ceiling:
+        serve_ceiling(args.serve_ceiling)
+        return 0
+
+    from tests.doubles.door_process import VOICE_WORKER, free_port
+
+    command = "python -m benchmarks.door " + shlex.join(argv if argv is not None else sys.argv[1:])
+    print(f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}")
+    print(f"Command: {command.strip()}", flush=True)
+    results: list[LoadResult] = []
+    clusters: list[Any] = []
+    try:
+        for target in args.targets.split(","):
+            work = Path(tempfile.mkdtemp(prefix=f"bench-{target}-"))
+            port = free_port()
+            print(target, flush=True)
+            if target == "ceiling":
+                env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+                argv_ = [sys.executable, "-m", "benchmarks.door", "--serve-ceiling", str(port)]
+                with _process(argv_, env, work, port, "ceiling") as url:
+                    results += _run_target(url, target, args)
+                continue
+            if target == "door-sqlite":
+                env = _door_env(work, port, f"sqlite:///{work / 'door.db'}", "memory")
+            else:
+                env = _door_env(work, port, _postgres(args, clusters), "database")
+            with _process([str(VOICE_WORKER), "door"], env, work, port, target) as url:
+                results += _run_target(url, target, args)
+    finally:
+        for cluster in clusters:
+            cluster.stop()
+    report = {
+        "command": command.strip(),
+        "machine": {"logical_cores": os.cpu_count(), "python": platform.python_version()},
+        "goal": f"p99 <= {GOAL_P99_MS:g} ms at {args.rate:g} req/s",
+        "results": [asdict(r) for r in results],
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    for result in results:
+        if result.load.startswith("open") and result.target != "ceiling":
+            met = "met" if result.p99_ms <= GOAL_P99_MS and result.errors == 0 else "MISSED"
+            print(f"goal {report['goal']} on {result.target}: {met} (p99 {result.p99_ms} ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
