@@ -40,6 +40,7 @@ import contextlib
 import json
 import logging
 import os
+import platform
 import secrets
 import shlex
 import signal
@@ -52,6 +53,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -307,6 +309,9 @@ class Agents:
         proc = self.worker.process if impl == "worker" else self.stock.process  # type: ignore[union-attr]
         return proc.pid
 
+    def log_path(self, impl: Impl) -> Path:
+        return self.worker.log_path if impl == "worker" else self.stock.log_path  # type: ignore[union-attr]
+
     def stop(self) -> None:
         if self.worker is not None:
             self.worker.stop()
@@ -443,6 +448,33 @@ class Sampler:
             )
             any_window = True
         return total if any_window else None
+
+
+def loop_blocks(log_path: Path, offset: int) -> dict[str, Any]:
+    """livekit's "event loop blocked for N ms at <where>" warnings in an agent's JSON log after `offset`: while a
+    call's loop is blocked (in thread mode: any call's, through the GIL) no audio moves, so they explain a tail."""
+    with open(log_path, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    places: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        if '"event loop blocked for ' not in line:
+            continue
+        with contextlib.suppress(json.JSONDecodeError, ValueError, IndexError):
+            message = json.loads(line)["message"]
+            ms = float(message.split("event loop blocked for ", 1)[1].split("ms", 1)[0])
+            where = message.split(" at ", 1)[1].split(";", 1)[0]
+            # the module, not where this machine installed it
+            for prefix in ("site-packages/", "lib/python3."):
+                if prefix in where:
+                    where = '"' + where.split(prefix, 1)[1].split("/", 1 if prefix.startswith("lib/") else 0)[-1]
+            places.setdefault(where, []).append(ms)
+    top = sorted(places.items(), key=lambda kv: -sum(kv[1]))[:5]
+    return {
+        "count": sum(len(v) for v in places.values()),
+        "total_ms": round(sum(sum(v) for v in places.values())),
+        "top": [{"at": where, "count": len(v), "total_ms": round(sum(v)), "max_ms": max(v)} for where, v in top],
+    }
 
 
 # -- the callers (a caller process runs several) -------------------------------------------------------------
@@ -613,6 +645,7 @@ class Batch:
     server_cpu_percent: float | None = None
     window_s: float | None = None
     caller_processes: int = 0
+    loop_blocked: dict[str, Any] = field(default_factory=dict)
 
     def turns(self) -> list[TurnResult]:
         return [t for r in self.results for t in r.turns]
@@ -631,6 +664,7 @@ def run_batch(
     """`calls` calls against `agents`' `impl`, started over `stagger_s`, from caller processes of up to
     `CALLERS_PER_PROCESS` calls each, while the agent's process tree, livekit-server and the callers are sampled."""
     agent_pid = agents.pid(impl)
+    log_offset = agents.log_path(impl).stat().st_size
     idle = sample_tree(agent_pid)
     roots: dict[str, int] = {"agent": agent_pid, "server": ctx.livekit.process.pid}
     processes = -(-calls // CALLERS_PER_PROCESS)
@@ -681,6 +715,7 @@ def run_batch(
     results += [CallResult(impl=impl, index=-1, error="caller process produced no result") for _ in range(missing)]
     batch = Batch(impl=impl, calls=calls, results=sorted(results, key=lambda r: r.index), caller_processes=len(procs))
     _fill_usage(batch, sampler, idle)
+    batch.loop_blocked = loop_blocks(agents.log_path(impl), log_offset)
     return batch
 
 
@@ -796,6 +831,7 @@ def level_dict(batch: Batch, stats: TurnStats, limit_ms: float | None) -> dict[s
         "caller_processes": batch.caller_processes,
         "server_cpu_percent": batch.server_cpu_percent,
         "window_s": batch.window_s,
+        "loop_blocked": batch.loop_blocked,
         "voice_to_voice_ms": [t.voice_to_voice_ms for t in batch.turns()],
     }
 
@@ -808,10 +844,12 @@ def voice_to_voice(
 ) -> dict[str, Any]:
     """`rounds` single calls of each agent, alternating, `turns` turns each."""
     results: list[CallResult] = []
+    blocked: dict[str, list[dict[str, Any]]] = {impl: [] for impl in IMPLS}
     for r in range(rounds):
         for impl in IMPLS:
             batch = run_batch(world, agents[impl], impl, 1, turns=turns, stagger_s=0.0, first_index=r)
             results += batch.results
+            blocked[impl].append(batch.loop_blocked)
             log.warning("voice-to-voice %s call %d/%d: %s", impl, r + 1, rounds, _v2v_line(batch))
             forget_requests(world.doubles)
     stats = {impl: TurnStats.of(impl, results, rounds, turns, deduct_ms) for impl in IMPLS}
@@ -826,6 +864,7 @@ def voice_to_voice(
             "overhead_p50": _ratio(s.overhead_p50_ms, w.overhead_p50_ms),
             "overhead_p95": _ratio(s.overhead_p95_ms, w.overhead_p95_ms),
         },
+        "loop_blocked_per_call": blocked,
         "calls": [asdict(r) for r in results],
     }
 
@@ -964,6 +1003,8 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
                     "calls": broke["calls"],
                     "overhead_p95_ms": broke["overhead_p95_ms"],
                     "unanswered": broke["unanswered"],
+                    "agent_cpu_percent": broke["agent_cpu_percent"],
+                    "callers_cpu_percent": broke["callers_cpu_percent"],
                 },
             }
     return out
@@ -1006,7 +1047,8 @@ def render_markdown(s: dict[str, Any]) -> str:
             after = (
                 "not reached"
                 if nxt is None
-                else f"{nxt['calls']}: p95 {_fmt(nxt['overhead_p95_ms'])} ms, {nxt['unanswered']} unanswered"
+                else f"{nxt['calls']}: p95 {_fmt(nxt['overhead_p95_ms'])} ms, {nxt['unanswered']} unanswered "
+                f"(worker {_fmt(nxt['agent_cpu_percent'])} %, callers {_fmt(nxt['callers_cpu_percent'])} % CPU)"
             )
             lines.append(
                 f"| {label} | **{d['calls_held']}** | {_fmt(d['overhead_p95_ms'])} ms ({_fmt(d['limit_ms'])}) "
@@ -1032,6 +1074,9 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "load_average_at_start": os.getloadavg(),
         "livekit_server": installed_version(),
+        "livekit_agents": metadata.version("livekit-agents"),
+        "livekit_rtc": metadata.version("livekit"),
+        "python": platform.python_version(),
     }
 
 
@@ -1158,6 +1203,8 @@ def readme_figures(text: str) -> tuple[dict[str, Any], str] | None:
     if start < 0 or end < 0:
         return None
     lines = text[start:end].splitlines()
+    if len(lines) < 3:  # the markers without figures between them
+        return None
     figures = json.loads(lines[1].removeprefix("<!-- ").removesuffix(" -->"))
     return figures, "\n".join(lines[3:]).strip()
 
