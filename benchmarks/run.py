@@ -52,7 +52,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TURN1_RESULTS = RESULTS / "turn1_penalty.json"
 OVERHEAD_GOAL_MS = 30.0
 TURN1_GOAL_MS = 20.0
-# /work/shared/notes/baseline-stock-livekit-agents.md: stock livekit-agents 1.8.9, same doubles, 1 call
+# the platform's baseline notes (README "Performance"): stock livekit-agents 1.8.9, same doubles, 1 call
 BASELINE_STOCK_NOMINAL_MS = (199.0, 229.0)
 
 log = logging.getLogger("voice_worker.bench")

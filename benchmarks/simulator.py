@@ -24,7 +24,7 @@ caller's speech and the agent's first audio, split three ways (`TurnRecord`):
 - provider time: the doubles' configured latencies (STT + LLM time to first token + TTS time to first byte);
 - overhead: the rest, which is what the worker, livekit-agents and the machine's load add.
 `TurnRecord.overhead_nominal_ms` judges the same turn against the configured endpointing delay instead (the
-formula of the stock baseline in /work/shared/notes/baseline-stock-livekit-agents.md), so Silero's lag
+formula of the platform's baseline notes on stock livekit-agents 1.8.9), so Silero's lag
 counts as overhead there; both are reported side by side.
 
 `StreamingFakeTTS` lives here rather than in tests/doubles because only the simulator needs it: it is the

@@ -7,8 +7,8 @@ event loop. It costs less CPU per call than the ONNX Runtime plugin (`livekit.pl
 benchmark (`--variant tuned_plugin_vad`) measures the difference.
 
 One VAD object per call (not one shared object) matters: every AgentSession subscribes to its VAD's metrics
-events, and a shared VAD fans each call's events out to every session in the process (see
-/work/shared/notes/baseline-stock-livekit-agents.md). Each call's object also carries its own thresholds.
+events, and a shared VAD fans each call's events out to every session in the process (the platform's notes
+on stock livekit-agents 1.8.9 found this). Each call's object also carries its own thresholds.
 
 Mapping of the platform's `LocalVADParams` (docs/pipeline-config.md):
 - confidence  -> activation_threshold (deactivation stays livekit's activation - 0.15, the hysteresis

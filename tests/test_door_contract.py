@@ -1,5 +1,6 @@
 """Contract tests: every response the door gives, success and each refusal, checked against the seed documents
-(parsed from /work/shared/seeds at test time) and against the door's own /openapi.json.
+(parsed from $VOICE_WORKER_SEEDS_DIR at test time, else from their copies in tests/contracts/) and against the
+door's own /openapi.json.
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ async def test_rate_limited_responses_conform(strict_world: World) -> None:
     assert revdesk.json()["error"]["code"] == "rate_limited"
 
 
-@pytest.mark.skipif(not contracts.seeds_available(), reason=f"no seed documents in {contracts.SEEDS_DIR}")
+@pytest.mark.skipif(not contracts.seeds_available(), reason="VOICE_WORKER_SEEDS_DIR names no seed documents")
 @pytest.mark.parametrize("seed", [contracts.FEATHER_SEED, contracts.REVDESK_SEED])
 def test_the_copies_in_tests_contracts_are_the_seeds(seed: str) -> None:
     assert contracts.seed_from_copy(seed) == contracts.seed_from_seeds_dir(seed)

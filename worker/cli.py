@@ -97,6 +97,9 @@ def run_worker(args: argparse.Namespace, *, dev: bool, app: Path = APP) -> int:
 
     settings = _settings(args, dev=dev)
     settings.require_production_secrets(dev_hint="or run `voice-worker dev` against `livekit-server --dev`")
+    _require_free_port("HEALTH_PORT", settings.health_host, settings.health_port)
+    if settings.metrics_port is not None:
+        _require_free_port("PROMETHEUS_PORT", settings.health_host, settings.metrics_port)
     if settings.metrics_port is not None:
         _use_multiprocess_metrics()
     from worker.check import check_catalog
@@ -134,6 +137,32 @@ def run_worker(args: argparse.Namespace, *, dev: bool, app: Path = APP) -> int:
     # a laptop with livekit-server installed and nothing on the dev port gets one for the worker's lifetime
     with ensure_dev_server(settings.livekit_url):
         return livekit_main([*argv, "--dev"])
+
+
+def _require_free_port(variable: str, host: str, port: int) -> None:
+    """A port someone else holds is a newcomer's classic (a second worker, a stale door): say which setting moves
+    it, before livekit or uvicorn fail on it with a traceback or a line that names no setting. A check, not a
+    reservation: whoever binds first afterwards still wins, and then their own error stands."""
+    import errno
+    import socket
+
+    if port == 0:  # the system picks a free port
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # TIME_WAIT leftovers of a process that just stopped do not keep a server from binding; nor here
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise SettingsError(
+                    f"{variable}: port {port} on {host} is already in use; stop what listens there or set "
+                    f"{variable} to a free port"
+                ) from None
+            raise SettingsError(
+                f"{variable}: cannot listen on {host}:{port} ({exc.strerror}); set {variable} (and the host setting "
+                "beside it) to an address of this machine"
+            ) from None
 
 
 def _json_logging(level: str) -> logging.Handler:
@@ -217,7 +246,7 @@ def _web_call(args: argparse.Namespace) -> int:
     from catalog.context_vars import ContextVarErrors
     from catalog.loader import CatalogStore
     from door.core import CallTarget, WebCallService
-    from door.errors import DoorError
+    from door.errors import DoorError, TargetNotFound
     from door.keys import ApiKey, KeyScopes
     from door.sessions import default_session_creator
     from sqlalchemy.exc import SQLAlchemyError
@@ -234,12 +263,24 @@ def _web_call(args: argparse.Namespace) -> int:
         minted = asyncio.run(service.start_call(operator, target, seeds or None, session_type=args.session_type))
     except ContextVarErrors as exc:
         return _fail(f"context variables: {exc}", EXIT_USAGE)
+    except TargetNotFound as exc:
+        return _fail(f"{exc} in the catalog (CATALOG_PATH); {_catalog_listing(settings)}", EXIT_USAGE)
     except DoorError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except SQLAlchemyError as exc:
         raise _database_error(exc) from None
     print(json.dumps(minted.as_web_call_response(), indent=2))
     return EXIT_OK
+
+
+def _catalog_listing(settings: Settings) -> str:
+    """The ids a mistyped one was meant to be, with their names: what a newcomer needs next to "not found"."""
+    from catalog.loader import load_catalog
+
+    catalog = load_catalog(settings.catalog_path)
+    agents = ", ".join(f"{a.id} ({a.name})" for a in sorted(catalog.agents.values(), key=lambda a: a.name))
+    teams = ", ".join(f"{t.id} ({t.name})" for t in sorted(catalog.teams.values(), key=lambda t: t.name))
+    return f"its agents: {agents or 'none'}; its teams: {teams or 'none'}"
 
 
 def _database_error(exc: Exception) -> SettingsError:
@@ -436,6 +477,7 @@ def _door(args: argparse.Namespace) -> int:
     from door.app import serve
 
     settings = _settings(args)
+    _require_free_port("DOOR_PORT", settings.door_host, settings.door_port)
     if not settings.is_dev:
         # Every line JSON, uvicorn's access and error lines included (door.server keeps this set-up).
         _json_logging("INFO")

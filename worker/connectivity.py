@@ -51,7 +51,7 @@ class UnreachableLiveKitFilter(logging.Filter):
             record.msg = (
                 f"cannot reach LiveKit at {self._url} ({cause}); "
                 "start a local server with `livekit-server --dev` (or `voice-worker dev`), or point LIVEKIT_URL, "
-                f"LIVEKIT_API_KEY and LIVEKIT_API_SECRET at your LiveKit Cloud project; retrying in {delay}"
+                "LIVEKIT_API_KEY and LIVEKIT_API_SECRET at your LiveKit Cloud project; the worker keeps retrying"
             )
         else:
             record.msg = (

@@ -1,6 +1,6 @@
 """The two seed API documents, parsed at test time, and validators for every response the door gives.
 
-The seeds (`/work/shared/seeds/`, or `$VOICE_WORKER_SEEDS_DIR`) are Markdown pages with the OpenAPI excerpt
+The seeds (the directory `$VOICE_WORKER_SEEDS_DIR` names) are Markdown pages with the OpenAPI excerpt
 inside a ```` fence; the YAML between the fences is the contract. When the seed directory is on the machine
 the tests read the documents themselves; elsewhere (a fresh CI machine) they read the verbatim copies in
 tests/contracts/, which a test compares with the seeds whenever both are present.
@@ -18,7 +18,9 @@ import jsonschema
 import yaml
 from jsonschema.validators import validator_for
 
-SEEDS_DIR = Path(os.environ.get("VOICE_WORKER_SEEDS_DIR", "/work/shared/seeds"))
+# No default: a machine path in the repository is true on one machine only.
+_SEEDS_ENV = os.environ.get("VOICE_WORKER_SEEDS_DIR")
+SEEDS_DIR: Path | None = Path(_SEEDS_ENV) if _SEEDS_ENV else None
 COPIES_DIR = Path(__file__).resolve().parent.parent / "contracts"
 FEATHER_SEED = "000_f2ddc616678da03a.txt"
 REVDESK_SEED = "001_572ed52e6335432a.txt"
@@ -30,7 +32,7 @@ _FENCE = re.compile(r"^````yaml[^\n]*\n(.*?)^````", re.S | re.M)
 
 
 def seeds_available() -> bool:
-    return (SEEDS_DIR / FEATHER_SEED).is_file() and (SEEDS_DIR / REVDESK_SEED).is_file()
+    return SEEDS_DIR is not None and (SEEDS_DIR / FEATHER_SEED).is_file() and (SEEDS_DIR / REVDESK_SEED).is_file()
 
 
 def _openapi(document: Any, origin: str) -> dict[str, Any]:
@@ -40,6 +42,8 @@ def _openapi(document: Any, origin: str) -> dict[str, Any]:
 
 @cache
 def seed_from_seeds_dir(name: str) -> dict[str, Any]:
+    if SEEDS_DIR is None:
+        raise AssertionError("VOICE_WORKER_SEEDS_DIR is not set")
     text = (SEEDS_DIR / name).read_text(encoding="utf-8")
     match = _FENCE.search(text)
     if match is None:
