@@ -297,6 +297,11 @@ def create_server(
         # the setup function loads the VAD and the catalog and prebuilds every pipeline (worker/services.py);
         # on a busy machine that takes longer than livekit's 10 s default
         "initialize_process_timeout": 60.0,
+        # livekit's dev mode keeps no idle job process, so every call of `voice-worker dev` waited for one to start
+        # (seconds) before the agent joined the caller's browser: keep one warm there; production keeps livekit's
+        "num_idle_processes": ServerEnvOption(
+            dev_default=1, prod_default=AgentServer._default_num_idle_processes.prod_default
+        ),
     }
     options.update(server_options)
     endpoint = MetricsEndpoint(settings.health_host, settings.metrics_port) if settings.metrics_port else None

@@ -316,7 +316,8 @@ function wireRoom(room) {
     })
     .on(RoomEvent.TrackUnsubscribed, (track) => track.detach().forEach((node) => node.remove()))
     .on(RoomEvent.AudioPlaybackStatusChanged, () => {
-      if (!room.canPlaybackAudio) showError('The browser blocked the agent\'s audio: press "Mute" twice or click the page to allow it.');
+      // the browser's autoplay policy: playing needs a click of its own once the first one has expired
+      $('play-audio').hidden = room.canPlaybackAudio;
     })
     .on(RoomEvent.Disconnected, () => endCall());
   room.registerTextStreamHandler(TRANSCRIPTION_TOPIC, (reader, participantInfo) => {
@@ -493,6 +494,7 @@ function endCall() {
   setState(ConnectionState.Disconnected);
   $('mute').hidden = true;
   $('hangup').hidden = true;
+  $('play-audio').hidden = true;
   $('new-call').hidden = false;
   if (page.minted) $('session').textContent = `Call ended · session ${page.minted.session_id} (recorded by the worker)`;
   $('audio').replaceChildren();
@@ -549,6 +551,9 @@ async function boot() {
   $('mute').addEventListener('click', toggleMute);
   $('hangup').addEventListener('click', hangUp);
   $('new-call').addEventListener('click', newCall);
+  $('play-audio').addEventListener('click', () => {
+    if (page.room) page.room.startAudio().then(() => { $('play-audio').hidden = true; }).catch(() => {});
+  });
   window.addEventListener('beforeunload', () => page.room && page.room.disconnect());
   $('setup').hidden = false;
   setState('idle');
