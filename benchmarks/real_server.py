@@ -510,6 +510,8 @@ class TurnResult:
 class CallResult:
     impl: str
     index: int
+    session_id: str | None = None
+    """The worker's session (its record holds the agent's own view of each turn's latency)."""
     connected_at: float | None = None
     joined_s: float | None = None
     greeting_at: float | None = None
@@ -518,7 +520,7 @@ class CallResult:
     error: str | None = None
 
 
-async def _mint_all(spec: CallerSpec) -> list[tuple[str, str]]:
+async def _mint_all(spec: CallerSpec) -> list[tuple[str, str, str | None]]:
     """(livekit url, token) for each call, before any call starts: the door's own minting for the worker (signed
     dispatch, a live session record, as `voice-worker web-call --session-type live`), a plain LiveKit token with
     a RoomAgentDispatch for the stock agent."""
@@ -538,9 +540,9 @@ async def _mint_all(spec: CallerSpec) -> list[tuple[str, str]]:
                 operator, CallTarget(kind="agent", id=uuid.UUID(SALES_AGENT)), None, session_type="live"
             )
             response = minted.as_web_call_response()
-            tokens.append((response["livekit_url"], response["access_token"]))
+            tokens.append((response["livekit_url"], response["access_token"], response["session_id"]))
         return tokens
-    return [_stock_token(spec, index) for index in spec.indices]
+    return [(*_stock_token(spec, index), None) for index in spec.indices]
 
 
 def _stock_token(spec: CallerSpec, index: int) -> tuple[str, str]:
@@ -580,9 +582,11 @@ def _bench_caller(url: str, token: str) -> Any:
     return BenchCaller(url, token)
 
 
-async def _one_call(spec: CallerSpec, index: int, minted: tuple[str, str], pcm: np.ndarray) -> CallResult:
-    result = CallResult(impl=spec.impl, index=index)
-    url, token = minted
+async def _one_call(
+    spec: CallerSpec, index: int, minted: tuple[str, str, str | None], pcm: np.ndarray
+) -> CallResult:
+    url, token, session_id = minted
+    result = CallResult(impl=spec.impl, index=index, session_id=session_id)
     await asyncio.sleep(max(0.0, spec.start_at + index * spec.step_s - time.monotonic()))
     caller = _bench_caller(url, token)
     try:
@@ -855,6 +859,7 @@ def voice_to_voice(
     stats = {impl: TurnStats.of(impl, results, rounds, turns, deduct_ms) for impl in IMPLS}
     w, s = stats["worker"], stats["stock"]
     return {
+        "worker_split": worker_split(world, [r for r in results if r.impl == "worker"]),
         "rounds": rounds,
         "turns_per_call": turns,
         "stats": {impl: asdict(st) for impl, st in stats.items()},
@@ -866,6 +871,39 @@ def voice_to_voice(
         },
         "loop_blocked_per_call": blocked,
         "calls": [asdict(r) for r in results],
+    }
+
+
+def worker_split(world: World, results: Sequence[CallResult]) -> dict[str, Any]:
+    """The worker's own view of its turns, from its session records: livekit's `e2e_latency` (the VAD's estimate
+    of the end of speech -> the first audio frame the agent's output took), against what the caller measured. The
+    difference is the media path both ways (Opus, the SFU, jitter buffers, resampling, the FFI) plus the error of
+    the VAD's estimate of when the speech ended."""
+    from tests.e2e.session_records import wait_for_record
+
+    async def read() -> list[tuple[float, float]]:
+        pairs: list[tuple[float, float]] = []
+        for call in results:
+            if call.session_id is None or call.error:
+                continue
+            record = await wait_for_record(world.env.database_url, call.session_id, timeout=15.0)
+            agent = [m.end_of_speech_to_first_audio_ms for m in record.turn_metrics]
+            agent_ms = [v for v in agent if v is not None]
+            caller_ms = [t.voice_to_voice_ms for t in call.turns if t.voice_to_voice_ms is not None]
+            if len(agent_ms) == len(caller_ms):  # only where the turns line up one to one
+                pairs += list(zip(caller_ms, agent_ms, strict=True))
+        return pairs
+
+    try:
+        pairs = asyncio.run(read())
+    except AssertionError as exc:  # a record that was not completed: the split is missing, the figures are not
+        return {"error": str(exc)[:500]}
+    return {
+        "turns": len(pairs),
+        "agent_p50_ms": percentile([a for _, a in pairs], 50),
+        "agent_p95_ms": percentile([a for _, a in pairs], 95),
+        "caller_minus_agent_p50_ms": percentile([c - a for c, a in pairs], 50),
+        "caller_minus_agent_p95_ms": percentile([c - a for c, a in pairs], 95),
     }
 
 
@@ -971,6 +1009,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
             for impl in IMPLS
         },
         "ratio": v2v["ratio_stock_over_worker"],
+        "worker_split": v2v.get("worker_split"),
     }
     if dens:
         pinning = report["pinning"]
@@ -1033,6 +1072,16 @@ def render_markdown(s: dict[str, Any]) -> str:
         f"| stock / worker | | {_r(ratio['v2v_p50'])} / {_r(ratio['v2v_p95'])} "
         f"| {_r(ratio['overhead_p50'])} / {_r(ratio['overhead_p95'])} |"
     )
+    split = s.get("worker_split") or {}
+    if split.get("turns"):
+        lines += [
+            "",
+            f"Of the worker's end of speech -> first audio at the caller, the worker's own records (livekit's "
+            f"`e2e_latency`, {split['turns']} turns) account for {_fmt(split['agent_p50_ms'])} / "
+            f"{_fmt(split['agent_p95_ms'])} ms (p50 / p95); the rest, the media path both ways and the VAD's "
+            f"estimate of the end of speech, is {_fmt(split['caller_minus_agent_p50_ms'])} / "
+            f"{_fmt(split['caller_minus_agent_p95_ms'])} ms.",
+        ]
     if "density" in s:
         lines += [
             "",
