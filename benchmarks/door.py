@@ -286,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python -m benchmarks.door " + shlex.join(argv if argv is not None else sys.argv[1:])
     print(f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}")
+    # Other work on the machine shares its cores with the door and the client: the figures mean little without it.
+    print(f"Load average at start (1/5/15 min): {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"Command: {command.strip()}", flush=True)
     results: list[LoadResult] = []
     clusters: list[Any] = []
@@ -311,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
             cluster.stop()
     report = {
         "command": command.strip(),
-        "machine": {"logical_cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "logical_cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
+        },
         "goal": f"p99 <= {GOAL_P99_MS:g} ms at {args.rate:g} req/s",
         "results": [asdict(r) for r in results],
     }
