@@ -76,7 +76,7 @@ def _child(queue: Any, calls: int, warm_up: bool) -> None:
             return out
 
         queue.put(asyncio.run(go()))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent as a failed sample
+    except Exception as exc:  # reported to the parent as a failed sample
         queue.put([(None, f"{type(exc).__name__}: {exc}")])
 
 

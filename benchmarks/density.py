@@ -530,7 +530,7 @@ def merge(results: Sequence[LevelResult]) -> LevelResult:
         turns=sum(r.turns for r in results),
         unanswered=sum(r.unanswered for r in results),
         window_s=min(r.window_s for r in results),
-        cpu_percent=None if any(c is None for c in cpus) else sum(cpus),  # type: ignore[misc]
+        cpu_percent=None if any(c is None for c in cpus) else sum(cpus),  # type: ignore[misc]  # no None past the check
         pss_before_mb=sum(r.pss_before_mb for r in results),
         pss_warm_mb=sum(r.pss_warm_mb for r in results),
         pss_peak_mb=sum(r.pss_peak_mb for r in results),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from livekit.agents import llm, stt, tts
 from livekit.agents import vad as agents_vad
@@ -22,8 +22,8 @@ from livekit.agents.voice.turn import TurnHandlingOptions
 from catalog.pipeline_config import FallbackConfig, ModelChainEntry, STTEntry, TTSEntry, VoicePipelineConfig
 from pipelines.providers import PROVIDERS, SettingsWithKeys
 from pipelines.turn_handling import turn_handling_options
-from pipelines.validate import PipelineProblem, pipeline_problems
 from pipelines.vad import SharedVAD
+from pipelines.validate import PipelineProblem, pipeline_problems
 
 
 class PipelineError(ValueError):
@@ -42,18 +42,23 @@ def effective_pipeline(
     return team_config if team_config is not None else revision_config
 
 
+# Declared outside BuiltPipeline, whose `stt`, `llm` and `tts` fields shadow the module names in its body.
+# `[Any]`: livekit's STT, LLM and TTS are generic in the extra events a plugin emits (see pipelines/providers.py).
+ProviderObject: TypeAlias = stt.STT[Any] | llm.LLM[Any] | tts.TTS[Any]
+
+
 @dataclass(frozen=True)
 class BuiltPipeline:
     config: VoicePipelineConfig
-    stt: stt.STT
-    llm: llm.LLM
-    tts: tts.TTS
+    stt: stt.STT[Any]
+    llm: llm.LLM[Any]
+    tts: tts.TTS[Any]
     vad: agents_vad.VAD
     turn_handling: TurnHandlingOptions
     conn_options: SessionConnectOptions
     user_away_timeout: float | None
     # the provider objects themselves (inside any adapter): they own HTTP clients to close
-    providers: tuple[stt.STT | llm.LLM | tts.TTS, ...] = field(default=())
+    providers: tuple[ProviderObject, ...] = field(default=())
 
     def session_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `AgentSession(...)`."""
@@ -102,19 +107,19 @@ def _api_key(provider_name: str, settings: SettingsWithKeys) -> str:
     return key
 
 
-def _build_stt(entry: STTEntry, config: VoicePipelineConfig, settings: SettingsWithKeys) -> stt.STT:
+def _build_stt(entry: STTEntry, config: VoicePipelineConfig, settings: SettingsWithKeys) -> stt.STT[Any]:
     builder = PROVIDERS[entry.provider].build_stt
     assert builder is not None
     return builder(entry, api_key=_api_key(entry.provider, settings), language=entry.language or config.language)
 
 
-def _build_llm(entry: ModelChainEntry, settings: SettingsWithKeys) -> llm.LLM:
+def _build_llm(entry: ModelChainEntry, settings: SettingsWithKeys) -> llm.LLM[Any]:
     builder = PROVIDERS[entry.provider].build_llm
     assert builder is not None
     return builder(entry, api_key=_api_key(entry.provider, settings))
 
 
-def _build_tts(entry: TTSEntry, config: VoicePipelineConfig, settings: SettingsWithKeys) -> tts.TTS:
+def _build_tts(entry: TTSEntry, config: VoicePipelineConfig, settings: SettingsWithKeys) -> tts.TTS[Any]:
     builder = PROVIDERS[entry.provider].build_tts
     assert builder is not None
     return builder(entry, api_key=_api_key(entry.provider, settings), speed=config.tts_speed)
@@ -124,12 +129,12 @@ class OwningFallbackAdapter(llm.FallbackAdapter):
     """A model chain built on its own (`build_llm`): closing it closes the models it holds, which
     `llm.FallbackAdapter` leaves to whoever built them (each holds an HTTP client)."""
 
-    def __init__(self, llms: list[llm.LLM], **kwargs: Any) -> None:
+    def __init__(self, llms: list[llm.LLM[Any]], **kwargs: Any) -> None:
         super().__init__(llms, **kwargs)
         self._members = list(llms)
 
     @property
-    def members(self) -> list[llm.LLM]:
+    def members(self) -> list[llm.LLM[Any]]:
         """The chain's models in order (the console names the one that failed)."""
         return list(self._members)
 
@@ -139,8 +144,8 @@ class OwningFallbackAdapter(llm.FallbackAdapter):
 
 
 def _llm_chain(
-    llms: list[llm.LLM], fb: FallbackConfig, adapter: type[llm.FallbackAdapter] = llm.FallbackAdapter
-) -> llm.LLM:
+    llms: list[llm.LLM[Any]], fb: FallbackConfig, adapter: type[llm.FallbackAdapter] = llm.FallbackAdapter
+) -> llm.LLM[Any]:
     if len(llms) == 1:
         return llms[0]
     return adapter(
@@ -151,7 +156,7 @@ def _llm_chain(
     )
 
 
-def build_llm(config: VoicePipelineConfig, settings: SettingsWithKeys) -> llm.LLM:
+def build_llm(config: VoicePipelineConfig, settings: SettingsWithKeys) -> llm.LLM[Any]:
     """Only the model chain, for text sessions (console, post-call, tests): STT and TTS keys are not required.
     Pair it with `AgentSession(conn_options=session_connect_options(config))` for the config's timeouts;
     `aclose()` on the result closes every model of the chain."""
@@ -180,7 +185,7 @@ def build_pipeline(
     llms = [_build_llm(e, settings) for e in config.model_chain]
     ttss = [_build_tts(e, config, settings) for e in config.tts_chain]
 
-    stt_out: stt.STT = stts[0]
+    stt_out: stt.STT[Any] = stts[0]
     if len(stts) > 1:
         # the VAD wraps any non-streaming STT (OpenAI's) so that it can sit in a streaming chain
         stt_out = stt.FallbackAdapter(
@@ -191,7 +196,7 @@ def build_pipeline(
             retry_interval=fb.retry_interval_ms / 1000,
         )
     llm_out = _llm_chain(llms, fb)
-    tts_out: tts.TTS = ttss[0]
+    tts_out: tts.TTS[Any] = ttss[0]
     if len(ttss) > 1:
         # tts.FallbackAdapter has no timeout of its own: it uses the session's tts_conn_options
         tts_out = tts.FallbackAdapter(ttss, max_retry_per_tts=fb.max_retry_per_provider)

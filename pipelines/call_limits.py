@@ -47,7 +47,7 @@ _AGENT_BUSY = frozenset({"thinking", "speaking"})
 class CallLimits:
     """`CallLimits(session, config, on_end=...).start()` right after `await session.start(...)`."""
 
-    def __init__(self, session: AgentSession, config: VoicePipelineConfig, *, on_end: OnEnd) -> None:
+    def __init__(self, session: AgentSession[None], config: VoicePipelineConfig, *, on_end: OnEnd) -> None:
         self._session = session
         self._on_end = on_end
         self._max_duration_s = config.max_call_duration_ms / 1000 if config.max_call_duration_ms else None

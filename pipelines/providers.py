@@ -34,20 +34,24 @@ DEEPGRAM_TTS_MODEL = "aura-2-andromeda-en"
 UNUSED_KEY = "unused"
 
 
+# livekit's STT, LLM and TTS are generic in the extra events a plugin emits (a FallbackAdapter's availability
+# events; none for most plugins), so `[Any]` below stands for "any provider's" object.
+
+
 class SettingsWithKeys(Protocol):
     def provider_api_key(self, env_name: str) -> str | None: ...
 
 
 class STTBuilder(Protocol):
-    def __call__(self, entry: STTEntry, *, api_key: str, language: str | None) -> stt.STT: ...
+    def __call__(self, entry: STTEntry, *, api_key: str, language: str | None) -> stt.STT[Any]: ...
 
 
 class LLMBuilder(Protocol):
-    def __call__(self, entry: ModelChainEntry, *, api_key: str) -> llm.LLM: ...
+    def __call__(self, entry: ModelChainEntry, *, api_key: str) -> llm.LLM[Any]: ...
 
 
 class TTSBuilder(Protocol):
-    def __call__(self, entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS: ...
+    def __call__(self, entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS[Any]: ...
 
 
 class _OwnsItsClient:
@@ -57,10 +61,10 @@ class _OwnsItsClient:
 
     def __init__(self, *, api_key: str, base_url: str | None, **kwargs: Any) -> None:
         self._http = openai_client(api_key=api_key, base_url=base_url)
-        super().__init__(client=self._http, **kwargs)  # type: ignore[call-arg]
+        super().__init__(client=self._http, **kwargs)  # type: ignore[call-arg]  # a mixin: super() is the plugin class
 
     async def aclose(self) -> None:
-        await super().aclose()  # type: ignore[misc]
+        await super().aclose()  # type: ignore[misc]  # a mixin: super() is the plugin class
         await self._http.close()
 
 
@@ -81,7 +85,7 @@ class OpenAIChatLLM(_OwnsItsClient, openai.LLM):
     def request_timeout_s(self) -> float | None:
         return self._request_timeout_s
 
-    def chat(  # type: ignore[override]
+    def chat(  # type: ignore[override]  # keyword-only; every argument but conn_options passes through
         self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS, **kwargs: Any
     ) -> llm.LLMStream:
         if self._request_timeout_s is not None:
@@ -102,7 +106,7 @@ def _given(value: Any) -> Any:
 
 
 def _openai_llm(max_tokens_field: Literal["max_completion_tokens", "max_tokens"]) -> LLMBuilder:
-    def build(entry: ModelChainEntry, *, api_key: str) -> llm.LLM:
+    def build(entry: ModelChainEntry, *, api_key: str) -> llm.LLM[Any]:
         cfg = entry.config
         kwargs: dict[str, Any] = {}
         if cfg.max_tokens is not None:
@@ -125,7 +129,7 @@ def _openai_llm(max_tokens_field: Literal["max_completion_tokens", "max_tokens"]
     return build
 
 
-def _openai_stt(entry: STTEntry, *, api_key: str, language: str | None) -> stt.STT:
+def _openai_stt(entry: STTEntry, *, api_key: str, language: str | None) -> stt.STT[Any]:
     if language is None:
         return OpenAISTT(
             model=entry.model or OPENAI_STT_MODEL, detect_language=True, api_key=api_key, base_url=entry.base_url
@@ -133,7 +137,7 @@ def _openai_stt(entry: STTEntry, *, api_key: str, language: str | None) -> stt.S
     return OpenAISTT(model=entry.model or OPENAI_STT_MODEL, language=language, api_key=api_key, base_url=entry.base_url)
 
 
-def _openai_tts(entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS:
+def _openai_tts(entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS[Any]:
     return OpenAITTS(
         model=entry.model or OPENAI_TTS_MODEL,
         voice=entry.voice_id or OPENAI_TTS_VOICE,
@@ -143,7 +147,7 @@ def _openai_tts(entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS:
     )
 
 
-def _deepgram_stt(entry: STTEntry, *, api_key: str, language: str | None) -> stt.STT:
+def _deepgram_stt(entry: STTEntry, *, api_key: str, language: str | None) -> stt.STT[Any]:
     kwargs: dict[str, Any] = {}
     if language is not None:
         kwargs["language"] = language
@@ -157,7 +161,7 @@ def deepgram_tts_model(entry: TTSEntry) -> str:
     return entry.model or entry.voice_id or DEEPGRAM_TTS_MODEL
 
 
-def _deepgram_tts(entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS:
+def _deepgram_tts(entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS[Any]:
     kwargs: dict[str, Any] = {}
     if entry.base_url is not None:
         kwargs["base_url"] = entry.base_url

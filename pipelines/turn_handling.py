@@ -14,6 +14,8 @@ raised to the turn-detector model's own minimum when `turn_detection` is `turn_d
 
 from __future__ import annotations
 
+from typing import Final
+
 from livekit.agents.inference.eot.base import MIN_SILENCE_DURATION_MS
 from livekit.agents.inference.eot.languages import LOCAL_LANGUAGES
 from livekit.agents.language import LanguageCode
@@ -27,7 +29,7 @@ TURN_DETECTOR_MIN_SILENCE_S = (MIN_SILENCE_DURATION_MS + 50) / 1000
 
 # The offline model: livekit-local-inference ships its weights inside the wheel. "v1" is the
 # LiveKit Cloud model, which a self-hosted worker cannot reach.
-TURN_DETECTOR_VERSION = "v1-mini"
+TURN_DETECTOR_VERSION: Final = "v1-mini"
 
 
 def vad_min_silence_s(config: VoicePipelineConfig) -> float:

@@ -102,9 +102,12 @@ def _strip_code_fence(text: str) -> str:
 
 
 class LLMMemoryExtractor:
-    """`llm_factory(outcome)` returns a fresh `llm.LLM` for this extraction; it is closed afterwards."""
+    """`llm_factory(outcome)` returns a fresh `llm.LLM` for this extraction (closed afterwards), or None when the
+    call has no model to extract with (its agent has left the catalog): that extraction fails."""
 
-    def __init__(self, llm_factory: Callable[[SessionOutcome], llm.LLM], *, max_new_facts: int = 20) -> None:
+    def __init__(
+        self, llm_factory: Callable[[SessionOutcome], llm.LLM[Any] | None], *, max_new_facts: int = 20
+    ) -> None:
         self._llm_factory = llm_factory
         self._max_new_facts = max_new_facts
 
@@ -117,6 +120,8 @@ class LLMMemoryExtractor:
             content=f"Known facts about the caller:\n{known}\n\nTranscript:\n{render_transcript(outcome.transcript)}",
         )
         model = self._llm_factory(outcome)
+        if model is None:
+            raise MemoryExtractionError("no model for this call's agent or team")
         try:
             response = await model.chat(
                 chat_ctx=chat_ctx,

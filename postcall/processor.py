@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from livekit.agents import llm
 
@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 # `summary_llm_factory(outcome)` returns a fresh model for this call's summary (it is closed afterwards),
 # or None when no summary model is configured for the agent.
-LLMFactory = Callable[[SessionOutcome], llm.LLM | None]
+LLMFactory = Callable[[SessionOutcome], llm.LLM[Any] | None]
 
 _MAX_STEP_ERROR_CHARS = 500
 

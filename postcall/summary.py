@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from livekit.agents import llm
 
@@ -14,7 +15,7 @@ class SummaryError(RuntimeError):
     """The model answered, but not with a usable summary."""
 
 
-async def summarize(model: llm.LLM, instructions: str, transcript: Iterable[TranscriptItem]) -> str:
+async def summarize(model: llm.LLM[Any], instructions: str, transcript: Iterable[TranscriptItem]) -> str:
     chat_ctx = llm.ChatContext.empty()
     chat_ctx.add_message(role="system", content=instructions)
     chat_ctx.add_message(

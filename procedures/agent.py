@@ -10,13 +10,12 @@ and `tools_for(procedure)` (the procedure's tools). The supervisor also takes ov
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Callable, Sequence
-from typing import Any
 
 from livekit.agents import Agent, llm
 from livekit.agents.voice.agent import ModelSettings
 
 from catalog.models import Procedure, Revision, ToolName
-from procedures.supervisor import Supervisor
+from procedures.supervisor import LLMNodeChunk, Supervisor
 from procedures.templates import render
 from procedures.tools import end_call_tool, record_variable_tool
 from procedures.variables import CallVariables
@@ -95,7 +94,7 @@ class CallAgent(Agent):
 
     def llm_node(
         self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
-    ) -> AsyncIterable[llm.ChatChunk | str] | Any:
+    ) -> AsyncIterable[LLMNodeChunk]:
         if self.supervisor is None:
             return Agent.default.llm_node(self, chat_ctx, tools, model_settings)
         return self.supervisor.llm_node(chat_ctx, tools, model_settings)

@@ -17,9 +17,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeAlias
 
 from livekit.agents import APITimeoutError, llm
 from livekit.agents.llm import RawFunctionTool, function_tool
@@ -34,6 +34,9 @@ NONE = "none"
 CHOICE_PARAMETER = "name"
 
 RouteOutcome = Literal["chosen", "none", "error", "timeout"]
+
+# `choose(raw_arguments) -> str` as a raw-schema tool (see `ConstrainedRouter._build_tool`).
+RouterTool: TypeAlias = RawFunctionTool[[dict[str, object]], Coroutine[Any, Any, str]]
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class ConstrainedRouter:
 
     def __init__(
         self,
-        model: llm.LLM,
+        model: llm.LLM[Any],
         options: Sequence[RouteOption],
         *,
         timeout_s: float,
@@ -92,10 +95,10 @@ class ConstrainedRouter:
         return (*(o.name for o in self.options), NONE)
 
     @property
-    def tool(self) -> RawFunctionTool:
+    def tool(self) -> RouterTool:
         return self._tool
 
-    def _build_tool(self) -> RawFunctionTool:
+    def _build_tool(self) -> RouterTool:
         schema = {
             "name": self.tool_name,
             "description": f"Choose the {self.subject.replace('_', ' ')} that fits the caller's request.",
@@ -152,7 +155,7 @@ class ConstrainedRouter:
             answer = await asyncio.wait_for(self._ask(utterance), self.timeout_s)
         except (TimeoutError, APITimeoutError):
             return RouteResult(None, "timeout", elapsed_ms(), f"no answer within {self.timeout_s * 1000:.0f} ms")
-        except Exception as exc:  # noqa: BLE001 - any provider error: the call goes on without a choice
+        except Exception as exc:  # any provider error: the call goes on without a choice
             return RouteResult(None, "error", elapsed_ms(), f"router request failed: {type(exc).__name__}")
 
         if answer is None:
@@ -201,12 +204,12 @@ class RouterModels:
     warning, rather than leaving every turn 1 without a router. Models built here are closed by `aclose()`.
     """
 
-    def __init__(self, settings: SettingsWithKeys, default: llm.LLM | None) -> None:
+    def __init__(self, settings: SettingsWithKeys, default: llm.LLM[Any] | None) -> None:
         self._settings = settings
         self._default = default
-        self._built: dict[str, llm.LLM] = {}
+        self._built: dict[str, llm.LLM[Any]] = {}
 
-    def __call__(self, entry: ModelChainEntry | None) -> llm.LLM | None:
+    def __call__(self, entry: ModelChainEntry | None) -> llm.LLM[Any] | None:
         if entry is None:
             return self._default
         key = entry.model_dump_json()

@@ -41,12 +41,12 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from livekit.agents import Agent, AgentSession, llm
+from livekit.agents import Agent, AgentSession, FlushSentinel, llm
 from livekit.agents.voice.agent import ModelSettings
 from livekit.agents.voice.events import ConversationItemAddedEvent, UserInputTranscribedEvent
 from livekit.agents.voice.generation import update_instructions
@@ -62,6 +62,10 @@ log = logging.getLogger("voice_worker.supervisor")
 DecisionReason = Literal[
     "keyword", "router", "always_on", "router_none", "router_error", "router_timeout", "no_procedures"
 ]
+_ROUTER_MISSES: dict[str, DecisionReason] = {"none": "router_none", "timeout": "router_timeout"}
+
+# What an agent's llm_node yields (livekit's `Agent.default.llm_node`).
+LLMNodeChunk = llm.ChatChunk | str | FlushSentinel
 
 # Beyond this many concurrent reply streams per turn the speculation costs more tokens than it saves time.
 DEFAULT_MAX_SPECULATION = 4
@@ -167,7 +171,7 @@ class ProcedureSelector:
     def __init__(
         self,
         revision: Revision,
-        router_model: llm.LLM | None,
+        router_model: llm.LLM[Any] | None,
         *,
         timeout_ms: int | None = None,
         agent_id: uuid.UUID | None = None,
@@ -222,9 +226,7 @@ class ProcedureSelector:
         result = await self.router.route(utterance)
         if result.outcome == "chosen" and result.choice in self._by_name:
             return self._decision(self._by_name[result.choice], "router", result.latency_ms)
-        reason: DecisionReason = {"none": "router_none", "timeout": "router_timeout"}.get(
-            result.outcome, "router_error"
-        )  # type: ignore[assignment]
+        reason = _ROUTER_MISSES.get(result.outcome, "router_error")
         return self._decision(self.fallback, reason, result.latency_ms, result.detail)
 
     def candidates(self, max_speculation: int) -> list[Procedure | None]:
@@ -236,7 +238,7 @@ class ProcedureSelector:
         return [*self.auto[: max_speculation - 1], self.fallback]
 
 
-TeamRoute = Callable[[str], Awaitable[str | None]]
+TeamRoute = Callable[[str], Coroutine[Any, Any, str | None]]
 """Turn-1 team routing for a member: the router name of the member to move the caller to, or None to stay."""
 
 
@@ -290,21 +292,21 @@ class _End:
 class _Stream:
     """One reply stream pumped into a buffer as it arrives, so a stream kept late loses no chunk."""
 
-    def __init__(self, name: str, source: AsyncIterable[Any]) -> None:
+    def __init__(self, name: str, source: AsyncIterable[LLMNodeChunk]) -> None:
         self.name = name
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queue: asyncio.Queue[LLMNodeChunk | _End] = asyncio.Queue()
         self._task = asyncio.create_task(self._pump(source), name=f"supervisor.stream.{name}")
 
-    async def _pump(self, source: AsyncIterable[Any]) -> None:
+    async def _pump(self, source: AsyncIterable[LLMNodeChunk]) -> None:
         try:
             async for item in source:
                 self._queue.put_nowait(item)
-        except Exception as exc:  # noqa: BLE001 - re-raised by the consumer as the LLM's own error
+        except Exception as exc:  # re-raised by the consumer as the LLM's own error
             self._queue.put_nowait(_End(exc))
             return
         self._queue.put_nowait(_End(None))
 
-    async def chunks(self) -> AsyncIterable[Any]:
+    async def chunks(self) -> AsyncIterator[LLMNodeChunk]:
         while True:
             item = await self._queue.get()
             if isinstance(item, _End):
@@ -348,7 +350,7 @@ class Supervisor:
         self.speculations: list[Speculation] = []
         self._team_route = team_route
         self._agent: CallAgent | None = None
-        self._session: AgentSession | None = None
+        self._session: AgentSession[None] | None = None
         # turn-1 routings by utterance: a longer transcript routes again, but an older routing is kept
         # (never cancelled) because livekit may still commit the generation that awaits it
         self._turns: dict[str, _Turn] = {}
@@ -363,7 +365,7 @@ class Supervisor:
         cls,
         revision: Revision,
         *,
-        router_model: llm.LLM | None,
+        router_model: llm.LLM[Any] | None,
         record: Supervision,
         agent_id: uuid.UUID | None = None,
         team_route: TeamRoute | None = None,
@@ -387,7 +389,7 @@ class Supervisor:
             # a team router's answer could not be acted on without the member's transfer tool
             self._team_route = None
 
-    def start(self, session: AgentSession, chat_ctx: llm.ChatContext) -> None:
+    def start(self, session: AgentSession[None], chat_ctx: llm.ChatContext) -> None:
         self._session = session
         # An agent entered by handoff inherits a conversation: its last user message is already committed.
         last = _last_user_text(chat_ctx)
@@ -488,7 +490,7 @@ class Supervisor:
 
     async def llm_node(
         self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
-    ) -> AsyncIterable[llm.ChatChunk | str]:
+    ) -> AsyncIterator[LLMNodeChunk]:
         agent = self._agent
         assert agent is not None, "Supervisor.llm_node before bind()"
         utterance = None if self._settled else _last_user_text(chat_ctx)

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 from livekit.agents import Agent, llm
 from livekit.agents.llm import RawFunctionTool, function_tool
@@ -47,10 +47,13 @@ from procedures.variables import CallVariables
 
 log = logging.getLogger("voice_worker.team")
 
-RouterModels = Callable[[ModelChainEntry | None], llm.LLM | None]
+RouterModels = Callable[[ModelChainEntry | None], llm.LLM[Any] | None]
 """The router model for a `router_model_settings` entry (None: the call's own LLM)."""
 
 MAX_REASON_CHARS = 200
+
+# `transfer_to_member(raw_arguments, context) -> Agent | str` as a raw-schema tool (see `TeamCall._transfer_tool`).
+TransferTool: TypeAlias = RawFunctionTool[[dict[str, object], RunContext[None]], Coroutine[Any, Any, Agent | str]]
 
 
 class TeamCall:
@@ -182,7 +185,7 @@ class TeamCall:
 
     # -- handoff --------------------------------------------------------------------------------------------
 
-    def _transfer_tool(self, member: TeamMember) -> RawFunctionTool | None:
+    def _transfer_tool(self, member: TeamMember) -> TransferTool | None:
         others = [m for m in self.available_members() if m.id != member.id]
         if not others:
             return None
@@ -206,7 +209,7 @@ class TeamCall:
 
         # Raw arguments on purpose: a name outside the enum (a weak model, a catalog edited mid-call) must
         # reach the fallback rule instead of failing validation.
-        async def transfer_to_member(raw_arguments: dict[str, object], context: RunContext) -> Agent | str:
+        async def transfer_to_member(raw_arguments: dict[str, object], context: RunContext[None]) -> Agent | str:
             requested = str(raw_arguments.get("member", "")).strip()
             reason = str(raw_arguments.get("reason", "")).strip()[:MAX_REASON_CHARS] or None
             return self.transfer(member, requested, reason, context.session.current_agent.chat_ctx)

@@ -6,8 +6,8 @@ tool or toolset, so the LLM sees an ordinary tool schema and the session runs it
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeAlias
 
 from livekit.agents import llm
 from livekit.agents.beta.tools import EndCallTool
@@ -16,6 +16,9 @@ from livekit.agents.voice.events import RunContext
 
 from catalog.context_vars import ContextVarError
 from procedures.variables import CallVariables
+
+# `record_variable(context, name, value) -> str` as a function tool (see `record_variable_tool`).
+RecordVariableTool: TypeAlias = llm.FunctionTool[[RunContext[None], str, str], Coroutine[Any, Any, str]]
 
 
 def end_call_tool(on_end: Callable[[str], None]) -> EndCallTool:
@@ -33,7 +36,7 @@ def end_call_tool(on_end: Callable[[str], None]) -> EndCallTool:
     )
 
 
-def record_variable_tool(variables: CallVariables) -> llm.FunctionTool | None:
+def record_variable_tool(variables: CallVariables) -> RecordVariableTool | None:
     """A tool that writes one of the call's `derived` variables, coerced to its declared type."""
     writable = {name: spec for name, spec in variables.specs.items() if spec.source == "derived"}
     if not writable:
@@ -44,7 +47,7 @@ def record_variable_tool(variables: CallVariables) -> llm.FunctionTool | None:
         for name, spec in sorted(writable.items())
     )
 
-    async def record_variable(context: RunContext, name: str, value: str) -> str:
+    async def record_variable(context: RunContext[None], name: str, value: str) -> str:
         try:
             stored: Any = variables.record(name, value)
         except ContextVarError as exc:

@@ -170,6 +170,13 @@ class SessionStore:
             stmt = stmt.with_for_update()
         return conn.execute(stmt).first()
 
+    @classmethod
+    def _written_session(cls, conn: Connection, session_id: uuid.UUID) -> SessionRecord:
+        """The record of a session this transaction has just inserted or updated (so its row exists)."""
+        row = cls._select_session(conn, session_id)
+        assert row is not None
+        return _to_record(row)
+
     def _new_session_values(
         self, session_id: uuid.UUID, session_type: SessionType, now: datetime
     ) -> dict[str, Any]:
@@ -220,7 +227,7 @@ class SessionStore:
                 context_variables=dict(context_variables) if context_variables is not None else None,
             )
             conn.execute(sa.insert(sessions).values(**values))
-            return _to_record(self._select_session(conn, sid))  # type: ignore[arg-type]
+            return self._written_session(conn, sid)
 
         return await self._run(self._transaction, tx)
 
@@ -269,7 +276,7 @@ class SessionStore:
                 if m["agent_id"] is None and m["team_id"] is None:
                     changes.update(agent_id=agent_id, team_id=team_id)
                 conn.execute(sa.update(sessions).where(sessions.c.id == sid).values(**changes))
-            return _to_record(self._select_session(conn, sid))  # type: ignore[arg-type]
+            return self._written_session(conn, sid)
 
         return await self._run(self._transaction, tx)
 
@@ -319,7 +326,7 @@ class SessionStore:
                 if m["agent_id"] is None and m["team_id"] is None:
                     values.update(agent_id=outcome.agent_id, team_id=outcome.team_id)
                 conn.execute(sa.update(sessions).where(sessions.c.id == outcome.session_id).values(**values))
-            return _to_record(self._select_session(conn, outcome.session_id))  # type: ignore[arg-type]
+            return self._written_session(conn, outcome.session_id)
 
         return await self._run(self._transaction, tx)
 
@@ -355,7 +362,7 @@ class SessionStore:
                     updated_at=now,
                 )
             )
-            record = _to_record(self._select_session(conn, sid))  # type: ignore[arg-type]
+            record = self._written_session(conn, sid)
             if webhook_payload is not None:
                 self._enqueue(conn, sid, webhook_payload(record), now)
             return record
@@ -475,7 +482,7 @@ class SessionStore:
         due = now if due_by is None else due_by
 
         def tx(conn: Connection) -> list[OutboxItem]:
-            ids = list(
+            ids: list[int] = list(
                 conn.execute(
                     sa.select(outbox.c.id)
                     .where(_QUEUED, outbox.c.next_attempt_at <= due)
@@ -492,7 +499,7 @@ class SessionStore:
         """That entry, claimed as `claim_due_outbox` would, if it is queued and due (not in another sender's hands)."""
 
         def tx(conn: Connection) -> OutboxItem | None:
-            ids = list(
+            ids: list[int] = list(
                 conn.execute(
                     sa.select(outbox.c.id)
                     .where(outbox.c.id == entry_id, _QUEUED, outbox.c.next_attempt_at <= now)
@@ -646,9 +653,11 @@ class SessionStore:
 
         def read() -> dict[str, int]:
             parked = sa.case((outbox.c.parked_at.is_not(None), 1), else_=0)
+            # type_coerce types the sum on the Python side only (the SQL is unchanged): it counts rows
+            parked_sum = sa.type_coerce(sa.func.coalesce(sa.func.sum(parked), 0), sa.Integer)
             with self._engine.connect() as conn:
                 total, parked_count = conn.execute(
-                    sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(parked), 0)).where(
+                    sa.select(sa.func.count(), parked_sum).where(
                         outbox.c.delivered_at.is_(None)
                     )
                 ).one()

@@ -67,10 +67,10 @@ def test_check_reports_file_field_reason(tmp_path: Path, capsys, monkeypatch):
     code, out, _ = run(["check", "--catalog", str(target)], capsys)
     lines = out.strip().splitlines()
     assert code == 1
-    assert any(l.startswith("support.yaml: revisions[0].pipeline.local_vad_params.confidence: ") for l in lines), lines
-    assert any(l.startswith("sales.yaml: revisions[0].pipeline.stt_chain[0].provider: ") and "telepathy" in l for l in lines), lines
-    assert any(l.startswith("sales.yaml: revisions[0].system_prompt: ") and "budget" in l for l in lines), lines
-    assert any(l.startswith("sales.yaml: revisions[0].pipeline.tts_chain[0]") and "DEEPGRAM_API_KEY" in l for l in lines), lines
+    assert any(text.startswith("support.yaml: revisions[0].pipeline.local_vad_params.confidence: ") for text in lines), lines
+    assert any(text.startswith("sales.yaml: revisions[0].pipeline.stt_chain[0].provider: ") and "telepathy" in text for text in lines), lines
+    assert any(text.startswith("sales.yaml: revisions[0].system_prompt: ") and "budget" in text for text in lines), lines
+    assert any(text.startswith("sales.yaml: revisions[0].pipeline.tts_chain[0]") and "DEEPGRAM_API_KEY" in text for text in lines), lines
 
 
 def test_web_call_mints_a_verifiable_token(capsys):
@@ -172,16 +172,16 @@ def test_unreachable_livekit_is_one_clear_line_and_the_worker_keeps_retrying():
     try:
         seen: list[str] = []
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and sum("cannot reach LiveKit" in l for l in seen) < 2:
+        while time.monotonic() < deadline and sum("cannot reach LiveKit" in text for text in seen) < 2:
             line = proc.stdout.readline()
             if not line:
                 break
             seen.append(line)
         assert proc.poll() is None, "the worker exited instead of retrying:\n" + "".join(seen)
-        unreachable = [l for l in seen if "cannot reach LiveKit" in l]
+        unreachable = [text for text in seen if "cannot reach LiveKit" in text]
         assert len(unreachable) >= 2, "".join(seen)
         assert url in unreachable[0] and "livekit-server --dev" in unreachable[0]
-        assert not any("Traceback" in l for l in seen), "".join(seen)
+        assert not any("Traceback" in text for text in seen), "".join(seen)
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -9,7 +9,7 @@ import pytest
 from catalog.context_vars import ContextVarError, ContextVarErrors, ContextVarSpec, ValueLimits, coerce, coerce_seeds
 
 S = ContextVarSpec(name="s", type="string")
-I = ContextVarSpec(name="i", type="int")
+I = ContextVarSpec(name="i", type="int")  # noqa: E741 - S, I, F, B: one letter per type in the tables below
 F = ContextVarSpec(name="f", type="float")
 B = ContextVarSpec(name="b", type="bool")
 E = ContextVarSpec(name="e", type="enum", enum_values=("gold", "Silver", "bronze"))

@@ -43,8 +43,8 @@ def test_authenticate_finds_the_matching_key_only() -> None:
             ApiKey(name="b", sha256=hash_api_key("key-b").upper()),  # hashes are accepted in either case
         ]
     )
-    assert ring.authenticate("key-a").name == "a"  # type: ignore[union-attr]
-    assert ring.authenticate("key-b").name == "b"  # type: ignore[union-attr]
+    assert ring.authenticate("key-a").name == "a"  # type: ignore[union-attr]  # a known key
+    assert ring.authenticate("key-b").name == "b"  # type: ignore[union-attr]  # a known key
     for wrong in (None, "", "key-c", "key-a ", hash_api_key("key-a")):
         assert ring.authenticate(wrong) is None
 

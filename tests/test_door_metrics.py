@@ -8,7 +8,15 @@ import httpx
 
 from door.app import create_app
 from tests.doubles.door_sessions import RecordingSessionCreator
-from tests.doubles.door_world import SUPPORT_AGENT, UNKNOWN_AGENT, FakeClock, feather_headers, make_settings, revdesk_headers, revdesk_path
+from tests.doubles.door_world import (
+    SUPPORT_AGENT,
+    UNKNOWN_AGENT,
+    FakeClock,
+    feather_headers,
+    make_settings,
+    revdesk_headers,
+    revdesk_path,
+)
 
 
 def _sample(text: str, name: str, **labels: str) -> float:

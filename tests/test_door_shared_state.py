@@ -17,7 +17,7 @@ from tests.doubles.postgres import database_url, postgres_server, postgres_url  
 
 
 @pytest.fixture
-def engines(database_url: str) -> Iterator[tuple[Engine, Engine]]:  # noqa: F811
+def engines(database_url: str) -> Iterator[tuple[Engine, Engine]]:  # noqa: F811 - the fixture imported above
     first, second = shared_engine(database_url), shared_engine(database_url)
     yield first, second
     first.dispose()

@@ -34,7 +34,7 @@ from postcall.processor import PostCallProcessor
 from records import migrate
 from records.outcome import SessionOutcome, TranscriptItem
 from records.store import SessionStore
-from tests.doubles.postgres import database_url, postgres_server, postgres_url  # noqa: F401
+from tests.doubles.postgres import database_url, postgres_server, postgres_url  # noqa: F401 - pytest fixtures
 from tests.doubles.webhook_receiver import WebhookReceiver, reserve_port
 from worker import cli, metrics
 from worker.settings import Settings
@@ -80,7 +80,7 @@ def parked_total() -> float:
 
 
 @pytest.fixture
-async def migrated_url(database_url: str) -> str:  # noqa: F811
+async def migrated_url(database_url: str) -> str:  # noqa: F811 - the fixture imported above
     await asyncio.to_thread(migrate.upgrade, database_url)
     return database_url
 
@@ -185,10 +185,10 @@ async def test_the_docs_sample_receiver_deduplicates_real_deliveries(migrated_ur
         record_delivery = store.mark_outbox_delivered
 
         async def database_gone(item_id: int, *, at: datetime) -> None:
-            store.mark_outbox_delivered = record_delivery  # type: ignore[method-assign]
+            store.mark_outbox_delivered = record_delivery  # type: ignore[method-assign]  # restores the method
             raise ConnectionError("database gone")
 
-        store.mark_outbox_delivered = database_gone  # type: ignore[method-assign]
+        store.mark_outbox_delivered = database_gone  # type: ignore[method-assign]  # fails once, then restores
         with pytest.raises(ConnectionError):
             await delivery.drain_once()
         # the lease runs out and the record is sent again: the receiver acknowledges without processing it twice

@@ -22,7 +22,7 @@ from postcall.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers,
 from records import migrate
 from records.outcome import SessionOutcome, TranscriptItem
 from records.store import SessionStore
-from tests.doubles.postgres import database_url, postgres_server, postgres_url  # noqa: F401
+from tests.doubles.postgres import database_url, postgres_server, postgres_url  # noqa: F401 - pytest fixtures
 from tests.doubles.webhook_receiver import WebhookReceiver, reserve_port
 from worker.settings import Settings
 
@@ -58,7 +58,7 @@ def make_outcome() -> SessionOutcome:
 
 
 def make_settings(url: str) -> Settings:
-    return Settings(  # type: ignore[call-arg]
+    return Settings(  # type: ignore[call-arg]  # pydantic-settings fills the rest from the environment
         VOICE_WORKER_MODE="dev",
         POSTCALL_WEBHOOK_URL=url,
         POSTCALL_WEBHOOK_SECRET=SECRET,
@@ -74,7 +74,7 @@ async def _queue_one(store: SessionStore, url: str) -> SessionOutcome:
 
 
 @pytest.fixture
-async def migrated_url(database_url: str) -> str:  # noqa: F811
+async def migrated_url(database_url: str) -> str:  # noqa: F811 - the fixture imported above
     await asyncio.to_thread(migrate.upgrade, database_url)
     return database_url
 
@@ -111,7 +111,7 @@ async def test_receiver_down_for_the_first_attempts_gets_the_record_exactly_once
     assert (await delivery.drain_once()).attempted == 0  # backoff: not due yet
     clock.advance(1)
     assert (await delivery.drain_once()).delivered == 0
-    assert (await store.outbox_entry(outcome.session_id)).last_error == "HTTP 503"  # type: ignore[union-attr]
+    assert (await store.outbox_entry(outcome.session_id)).last_error == "HTTP 503"  # type: ignore[union-attr]  # the entry exists
 
     # the worker restarts: new store (new connections), new delivery loop; state comes from the database
     await delivery.aclose()
@@ -248,9 +248,9 @@ def test_retry_delay_grows_exponentially_with_jitter_up_to_the_maximum() -> None
 
 def test_configuration_is_checked_without_revealing_the_secret(tmp_path: Path) -> None:
     store = SessionStore(f"sqlite:///{tmp_path / 'x.db'}")
-    no_url = Settings(VOICE_WORKER_MODE="dev")  # type: ignore[call-arg]
+    no_url = Settings(VOICE_WORKER_MODE="dev")  # type: ignore[call-arg]  # pydantic-settings fills the rest from the environment
     assert OutboxDelivery.from_settings(store, no_url) is None
-    missing_secret = Settings(VOICE_WORKER_MODE="dev", POSTCALL_WEBHOOK_URL="http://127.0.0.1:1/h")  # type: ignore[call-arg]
+    missing_secret = Settings(VOICE_WORKER_MODE="dev", POSTCALL_WEBHOOK_URL="http://127.0.0.1:1/h")  # type: ignore[call-arg]  # pydantic-settings fills the rest from the environment
     with pytest.raises(OutboxConfigError, match="POSTCALL_WEBHOOK_SECRET"):
         OutboxDelivery.from_settings(store, missing_secret)
     configured = make_settings("http://127.0.0.1:1/h")

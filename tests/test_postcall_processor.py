@@ -19,7 +19,7 @@ from records import migrate
 from records.outcome import MemoryState, SessionOutcome, SessionType, SummaryState, TranscriptItem
 from records.store import SessionStore
 from tests.doubles.fake_llm import FakeLLM, Reply
-from tests.doubles.postgres import database_url, postgres_server, postgres_url  # noqa: F401
+from tests.doubles.postgres import database_url, postgres_server, postgres_url  # noqa: F401 - pytest fixtures
 from worker.settings import Settings
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -47,7 +47,7 @@ def make_settings(**overrides: object) -> Settings:
         "MEMORY_MIN_USER_TURNS": 2,
     }
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(**values)  # type: ignore[arg-type]  # env-style names with mixed value types
 
 
 def make_outcome(**overrides: object) -> SessionOutcome:
@@ -105,7 +105,7 @@ async def _open_store(url: str) -> SessionStore:
 
 
 @pytest.fixture
-async def store(database_url: str) -> AsyncIterator[SessionStore]:  # noqa: F811
+async def store(database_url: str) -> AsyncIterator[SessionStore]:  # noqa: F811 - the fixture imported above
     s = await _open_store(database_url)
     try:
         yield s
@@ -319,7 +319,7 @@ async def test_process_never_raises_when_the_database_is_unreachable(tmp_path: P
 class MergeFailingStore(SessionStore):
     """A store whose memory merge fails, as a constraint violation or a lost connection would."""
 
-    async def finish_postcall(self, session_id, result, **kwargs):  # type: ignore[no-untyped-def, override]
+    async def finish_postcall(self, session_id, result, **kwargs):  # type: ignore[no-untyped-def, override]  # passes through
         if result.new_facts is not None:
             raise RuntimeError("merge failed")
         return await super().finish_postcall(session_id, result, **kwargs)

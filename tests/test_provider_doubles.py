@@ -284,7 +284,7 @@ async def test_non_stream_completion_with_json_schema_returns_scripted_content(
         first = await client.chat.completions.create(
             model="router-model",
             messages=[{"role": "user", "content": "I want my money back"}],
-            response_format=schema,  # type: ignore[arg-type]
+            response_format=schema,  # type: ignore[arg-type]  # a raw JSON schema dict, not the SDK's typed one
         )
         second = await client.chat.completions.create(
             model="router-model", messages=[{"role": "user", "content": "route me"}]

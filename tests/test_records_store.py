@@ -29,7 +29,7 @@ from records.outcome import (
 )
 from records.schema import metadata
 from records.store import PostcallResult, SessionConflictError, SessionStore
-from tests.doubles.postgres import database_url, postgres_server, postgres_url  # noqa: F401
+from tests.doubles.postgres import database_url, postgres_server, postgres_url  # noqa: F401 - pytest fixtures
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 AGENT = uuid.UUID("11111111-1111-4111-8111-111111111111")
@@ -99,7 +99,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def store(database_url: str, clock: FakeClock) -> AsyncIterator[SessionStore]:  # noqa: F811
+async def store(database_url: str, clock: FakeClock) -> AsyncIterator[SessionStore]:  # noqa: F811 - the fixture imported above
     await asyncio.to_thread(migrate.upgrade, database_url)
     s = SessionStore(database_url, retention_days=30, clock=clock)
     try:
@@ -108,7 +108,7 @@ async def store(database_url: str, clock: FakeClock) -> AsyncIterator[SessionSto
         await s.aclose()
 
 
-async def test_migrations_are_idempotent_and_match_the_models(database_url: str) -> None:  # noqa: F811
+async def test_migrations_are_idempotent_and_match_the_models(database_url: str) -> None:  # noqa: F811 - the fixture imported above
     await asyncio.to_thread(migrate.upgrade, database_url)
     await asyncio.to_thread(migrate.upgrade, database_url)
     assert migrate.current_revision(database_url) == migrate.head_revision()
@@ -123,7 +123,7 @@ async def test_migrations_are_idempotent_and_match_the_models(database_url: str)
     assert diff == []
 
 
-async def test_concurrent_upgrades_both_succeed(database_url: str) -> None:  # noqa: F811
+async def test_concurrent_upgrades_both_succeed(database_url: str) -> None:  # noqa: F811 - the fixture imported above
     await asyncio.gather(
         asyncio.to_thread(migrate.upgrade, database_url), asyncio.to_thread(migrate.upgrade, database_url)
     )

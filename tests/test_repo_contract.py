@@ -24,7 +24,7 @@ def test_readme_starts_with_the_two_setup_commands():
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-    ci = [l.strip() for l in (ROOT / ".ci/run").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    ci = [ln.strip() for ln in (ROOT / ".ci/run").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     assert _readme_commands()[1] in ci
 
 

@@ -108,7 +108,9 @@ async def test_unset_seeds_fall_back_to_the_revision_defaults(settings: Settings
 
 async def test_entrypoint_verifies_again(settings: Settings):
     services = CallServices(settings=settings, catalog=CatalogStore(EXAMPLE_CATALOG), session_kwargs=lambda _: {"llm": FakeLLM()})
-    with fake_job_context(job_metadata=metadata(settings, agent_id=uuid.uuid4())) as ctx:
-        with pytest.raises(DispatchRejected) as info:
-            await start_call(ctx, services, room=None)
+    with (
+        fake_job_context(job_metadata=metadata(settings, agent_id=uuid.uuid4())) as ctx,
+        pytest.raises(DispatchRejected) as info,
+    ):
+        await start_call(ctx, services, room=None)
     assert info.value.reason == "unknown_agent"

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,7 +144,7 @@ def grant(session_id: uuid.UUID) -> str:
     )
 
 
-async def until(condition, timeout: float, what: str) -> None:  # noqa: ANN001
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -244,12 +244,12 @@ async def test_the_dispatch_gate_refuses_a_valid_offer_once_the_worker_drains():
     )
     gate = DispatchGate(settings, CatalogStore(EXAMPLE_CATALOG))
     server = _Server()
-    gate.attach(server)  # type: ignore[arg-type]
+    gate.attach(server)  # type: ignore[arg-type]  # _Server: the part of livekit's AgentServer the gate reads
     before = _Request(grant(uuid.uuid4()))
-    await gate(before)  # type: ignore[arg-type]
+    await gate(before)  # type: ignore[arg-type]  # _Request stands in for livekit's JobRequest
     server.draining = True
     during = _Request(grant(uuid.uuid4()))
-    await gate(during)  # type: ignore[arg-type]
+    await gate(during)  # type: ignore[arg-type]  # _Request stands in for livekit's JobRequest
     assert before.answers == [("accept", None)]
     assert during.answers == [("reject", False)], "another worker may still take the call"
     assert gate.refusals == {"draining": 1}

@@ -88,7 +88,7 @@ async def run_call(settings, store, models, *, session_type: str, end_user_id: s
 
 async def test_live_call_is_summarised_remembered_and_recalled(settings, store):
     models = PostcallModels()
-    call, record = await run_call(
+    _call, record = await run_call(
         settings, store, models, session_type="live", end_user_id="user-42",
         utterances=["I want to return my blender", "It arrived broken"],
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -50,12 +50,14 @@ def _server(livekit_url: str) -> VoiceWorkerServer:
 
 
 async def _get(server: VoiceWorkerServer, path: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{server._http_server.port}{path}") as response:
-            return response.status, await response.text()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{server._http_server.port}{path}") as response,
+    ):
+        return response.status, await response.text()
 
 
-async def _until(predicate, what: str) -> None:  # noqa: ANN001
+async def _until(predicate: Callable[[], bool], what: str) -> None:
     deadline = asyncio.get_running_loop().time() + TIMEOUT
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:

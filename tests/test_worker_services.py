@@ -7,6 +7,8 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+import pytest
+
 from worker.services import freeze_once, prebuild_pipelines, process_catalog, process_vad
 from worker.settings import Settings
 
@@ -28,7 +30,7 @@ def test_every_distinct_catalog_pipeline_is_prebuilt() -> None:
     assert prebuild_pipelines(catalog, keys, process_vad()) == len(distinct) >= 3
 
 
-def test_a_pipeline_without_its_keys_is_skipped(monkeypatch) -> None:  # noqa: ANN001
+def test_a_pipeline_without_its_keys_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     for env in ("OPENAI_API_KEY", "DEEPGRAM_API_KEY", "OPENAI_COMPATIBLE_API_KEY"):
         monkeypatch.delenv(env, raising=False)
     # every example pipeline names Deepgram or OpenAI: without keys none can be built, and setup goes on
@@ -46,7 +48,7 @@ def test_the_collector_is_frozen_once() -> None:
     assert freeze_once() is False
 
 
-def test_every_template_of_the_catalog_is_compiled_in_setup(monkeypatch) -> None:  # noqa: ANN001
+def test_every_template_of_the_catalog_is_compiled_in_setup(monkeypatch: pytest.MonkeyPatch) -> None:
     from procedures.templates import _compile, precompile
     from worker.services import catalog_templates
 
@@ -61,7 +63,9 @@ def test_every_template_of_the_catalog_is_compiled_in_setup(monkeypatch) -> None
     assert precompile("{{ unclosed") is False
 
 
-def test_the_turn_detector_is_loaded_in_setup_only_when_a_pipeline_uses_it(monkeypatch, tmp_path) -> None:  # noqa: ANN001
+def test_the_turn_detector_is_loaded_in_setup_only_when_a_pipeline_uses_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import shutil
 
     import worker.services as services
@@ -79,7 +83,7 @@ def test_the_turn_detector_is_loaded_in_setup_only_when_a_pipeline_uses_it(monke
     assert loads == [True]
 
 
-def test_the_warm_up_runs_once_per_process_and_catalog(tmp_path) -> None:  # noqa: ANN001
+def test_the_warm_up_runs_once_per_process_and_catalog(tmp_path: Path) -> None:
     from worker.services import _first_setup
 
     # the thread executor runs the setup function for every executor thread, beside live calls

@@ -22,15 +22,15 @@ from livekit.agents.voice.events import CloseEvent, CloseReason, ConversationIte
 from catalog.loader import CatalogStore
 from catalog.pipeline_config import VoicePipelineConfig
 from pipelines.call_limits import CallLimits
-from records.history import transcript_from_history, turn_metrics_from_history
-from records.outcome import MemberChange, ProcedureChoice, SessionOutcome
-from records.store import SessionStore
 from procedures.agent import CallAgent
 from procedures.router import RouterModels
 from procedures.supervisor import Supervision, Supervisor
 from procedures.team import TeamCall
 from procedures.templates import render
 from procedures.variables import CallVariables
+from records.history import transcript_from_history, turn_metrics_from_history
+from records.outcome import MemberChange, ProcedureChoice, SessionOutcome
+from records.store import SessionStore
 from worker import logcontext, metrics
 from worker.admission import Admission, admit, llm_only_pipeline_check
 from worker.call_status import publish_call_status
@@ -79,7 +79,7 @@ class CallServices:
 class Call:
     admission: Admission
     variables: CallVariables
-    session: AgentSession
+    session: AgentSession[None]
     agent: CallAgent
     started_at: datetime
     job_id: str
@@ -186,7 +186,7 @@ async def start_call(
     services: CallServices,
     *,
     room: rtc.Room | None,
-    before_start: Callable[[AgentSession], None] | None = None,
+    before_start: Callable[[AgentSession[None]], None] | None = None,
 ) -> Call:
     """Bootstrap a call from the job's metadata; raises `DispatchRejected` for a dispatch it cannot serve."""
     entered = time.perf_counter()
@@ -220,7 +220,7 @@ async def start_call(
     )
     built = services.session_kwargs(admission.pipeline)
     resources = None if isinstance(built, dict) else built
-    session: AgentSession = AgentSession(**(built if isinstance(built, dict) else built.session_kwargs()))
+    session: AgentSession[None] = AgentSession(**(built if isinstance(built, dict) else built.session_kwargs()))
     call_ref: list[Call] = []
 
     def record_end(reason: str) -> None:
@@ -365,7 +365,7 @@ def _with_memory(chat_ctx: llm.ChatContext, facts: list[str]) -> llm.ChatContext
     return updated
 
 
-def _usage(session: AgentSession) -> dict[str, Any]:
+def _usage(session: AgentSession[None]) -> dict[str, Any]:
     try:
         return {"model_usage": [u.model_dump(mode="json") for u in session.usage.model_usage]}
     except Exception:  # usage shapes vary by provider; the record must not fail for it

@@ -54,11 +54,11 @@ class ProviderFailures:
 
     def __init__(self) -> None:
         self.chain: Sequence[ModelChainEntry] = ()
-        self._members: list[llm.LLM] = []
+        self._members: list[llm.LLM[Any]] = []
         self._errors: dict[int, Exception] = {}
         self._failed: Exception | None = None
 
-    def attach(self, session: AgentSession) -> None:
+    def attach(self, session: AgentSession[None]) -> None:
         session.on("error", self._on_session_error)
         session_llm = session.llm
         if isinstance(session_llm, llm.LLM):
@@ -167,7 +167,7 @@ async def run_console(
             if isinstance(item, llm.ChatMessage) and item.role == "assistant" and item.text_content:
                 print(f"agent> {item.text_content}", flush=True)
 
-        def before_start(session: AgentSession) -> None:
+        def before_start(session: AgentSession[None]) -> None:
             session.on("conversation_item_added", show)
             failures.attach(session)
 
@@ -186,7 +186,7 @@ async def run_console(
                 break
             try:
                 await call.session.run(user_input=line)
-            except Exception as exc:  # noqa: BLE001 - any provider error leaves the conversation usable
+            except Exception as exc:  # any provider error leaves the conversation usable
                 failures.note(exc)
             report()
         await call.finish(reason="user_requested")

@@ -216,7 +216,9 @@ def _ensure(url: str, binary: str, ready_timeout: float, say: Say, node_ip: str 
 
 
 def _start(path: str, host: str, port: int, ready_timeout: float, say: Say, node_ip: str | None) -> DevServer:
-    log_file = tempfile.NamedTemporaryFile(prefix="livekit-server-", suffix=".log", delete=False)  # noqa: SIM115
+    log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - outlives this function; DevServer.stop() closes it
+        prefix="livekit-server-", suffix=".log", delete=False
+    )
     command = dev_server_command(path, host, port, node_ip)
     # A session of its own: Ctrl+C in the terminal reaches the worker only, which then stops this server
     # after it has disconnected, instead of both dying at once.

@@ -151,8 +151,10 @@ def verify_dispatch_metadata(
         raise DispatchRejected(RejectReason.MISSING_GRANT, "job metadata is empty")
     try:
         envelope = json.loads(metadata)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except json.JSONDecodeError as exc:
         raise DispatchRejected(RejectReason.MALFORMED_METADATA, f"job metadata is not JSON ({exc.msg})") from None
+    except UnicodeDecodeError as exc:  # has no `msg`: naming it must not raise AttributeError instead
+        raise DispatchRejected(RejectReason.MALFORMED_METADATA, f"job metadata is not JSON ({exc.reason})") from None
     if not isinstance(envelope, dict):
         raise DispatchRejected(RejectReason.MALFORMED_METADATA, "job metadata is not a JSON object")
     token = envelope.get("grant")

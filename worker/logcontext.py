@@ -29,7 +29,10 @@ FIELDS = ("session_id", "agent_id", "job_id")
 # Jobs remembered by the main process; the oldest are forgotten first (a job lasts minutes, this is days of calls).
 MAX_REMEMBERED_JOBS = 10_000
 
-_fields: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("voice_worker_call_fields", default={})
+_fields: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "voice_worker_call_fields",
+    default={},  # noqa: B039 - never mutated: a read-only Mapping, bind() sets a new dict
+)
 _jobs: OrderedDict[str, Mapping[str, str]] = OrderedDict()
 
 

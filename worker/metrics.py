@@ -17,7 +17,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -160,16 +160,18 @@ def watch_fallbacks(*components: Any) -> None:
     """Count availability changes of every FallbackAdapter among a call's STT, LLM and TTS."""
     for component in components:
         kind = _fallback_kind(component)
-        if kind is None:
-            continue
+        if kind is not None:
+            component.on(f"{kind}_availability_changed", _availability_counter(kind))
 
-        def on_change(event: Any, kind: str = kind) -> None:
-            # livekit's AvailabilityChangedEvent names the provider in the attribute `stt`, `llm` or `tts`
-            provider = _provider_name(getattr(event, kind, None))
-            counter = metrics().provider_recoveries if event.available else metrics().provider_fallbacks
-            counter.labels(kind=kind, provider=provider).inc()
 
-        component.on(f"{kind}_availability_changed", on_change)
+def _availability_counter(kind: str) -> Callable[[Any], None]:
+    def on_change(event: Any) -> None:
+        # livekit's AvailabilityChangedEvent names the provider in the attribute `stt`, `llm` or `tts`
+        provider = _provider_name(getattr(event, kind, None))
+        counter = metrics().provider_recoveries if event.available else metrics().provider_fallbacks
+        counter.labels(kind=kind, provider=provider).inc()
+
+    return on_change
 
 
 def _fallback_kind(component: Any) -> str | None:

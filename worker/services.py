@@ -22,6 +22,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from livekit.agents import llm
 
 from catalog.loader import Catalog, CatalogStore
 from catalog.pipeline_config import VoicePipelineConfig
@@ -156,7 +159,7 @@ def build_process_services(settings: Settings, *, shared_vad: SharedVAD | None =
     def session_parts(config: VoicePipelineConfig) -> BuiltPipeline:
         return build_pipeline(config, settings, vad=vad)
 
-    def postcall_llm(outcome: SessionOutcome):  # noqa: ANN202 - an llm.LLM or None
+    def postcall_llm(outcome: SessionOutcome) -> llm.LLM[Any] | None:
         # "The model from the config": the call's own model chain (team or agent), built fresh and closed after.
         current = catalog.get()
         if outcome.team_id is not None and outcome.team_id in current.teams:

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from tests.doubles.openai_server import tone
 from tests.doubles.loopback_server import LoopbackServer
+from tests.doubles.openai_server import tone
 
 LISTEN_PATH = "/v1/listen"
 SPEAK_PATH = "/v1/speak"

@@ -107,7 +107,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "DATABASE_URL": "sqlite:///" + str(tmp_path / "unused.db"),
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]  # pydantic-settings' init-only option
 
 
 @dataclass

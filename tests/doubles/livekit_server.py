@@ -44,6 +44,7 @@ import jwt
 from aiohttp import WSMsgType, web
 from livekit import api
 from livekit.protocol import agent, models
+
 from tests.doubles.loopback_server import LoopbackServer
 
 AGENT_NAME_ATTRIBUTE = "lk.agent_name"

@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 from aiohttp import web
+
 from tests.doubles.loopback_server import LoopbackServer
 
 CHAT_PATH = "/v1/chat/completions"
@@ -587,7 +588,7 @@ _AUDIO_FORMATS: dict[str, tuple[str, str, str]] = {
 
 def tone(duration_s: float, *, sample_rate: int = SPEECH_SAMPLE_RATE, freq: float = 440.0) -> bytes:
     """Mono 16-bit PCM sine: audible as "speech" to energy-based detectors and easy to count."""
-    n = int(round(duration_s * sample_rate))
+    n = round(duration_s * sample_rate)
     t = np.arange(n, dtype=np.float64) / sample_rate
     return (np.sin(2 * np.pi * freq * t) * 0.3 * 32767).astype("<i2").tobytes()
 

@@ -42,7 +42,7 @@ def problem() -> str | None:
     if not CHROMIUM.exists():
         return "chromium is not installed (Debian package chromium); run scripts/setup --dev"
     try:
-        import playwright.sync_api  # noqa: F401
+        import playwright.sync_api  # noqa: F401 - only whether it imports
     except ImportError:
         return "the playwright package is not installed; run scripts/setup --dev"
     if not BUNDLE.exists():
@@ -94,7 +94,7 @@ def chromium_page(workdir: Path, microphone: Path | None, *, width: int = 1280, 
             console: list[str] = []
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
             page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-            page.vw_console = console  # type: ignore[attr-defined]
+            page.vw_console = console  # type: ignore[attr-defined]  # the tests read it on failure
             yield page
         finally:
             context.close()

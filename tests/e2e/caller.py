@@ -9,6 +9,7 @@ from the agent is kept as (monotonic time, RMS), which is what "the caller heard
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -139,10 +140,8 @@ class Caller:
             if remaining <= 0:
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}")
             self._heard_changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._heard_changed.wait(), min(remaining, 0.1))
-            except TimeoutError:
-                pass
 
     async def wait_agent(self, timeout: float = 5.0) -> float:
         """Seconds from connect until an agent participant was in the room."""

@@ -45,7 +45,7 @@ async def converse(
     await caller.wait_quiet(since=greeting.at)
     conversation = Conversation(joined_s=joined_s, greeting=greeting)
     for text, pcm in questions:
-        doubles.call(lambda text=text: doubles.deepgram.script_transcripts(text))  # type: ignore[misc]
+        doubles.call(lambda text=text: doubles.deepgram.script_transcripts(text))  # type: ignore[misc]  # binds text now
         said_at = await caller.say(pcm)
         answer = await caller.wait_speech(since=said_at, timeout=answer_timeout)
         await caller.wait_quiet(since=answer.at)

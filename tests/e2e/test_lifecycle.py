@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import pytest
 
 from tests.e2e.caller import Caller
 from tests.e2e.conftest import SUPPORT_AGENT
