@@ -30,6 +30,10 @@ token 300 ms after the request and a word every 20 ms, the TTS's first audio 100
 With two or more cores the workers are pinned (`sched_setaffinity`, inherited by every process and thread
 they start) to the last core and livekit-server, the doubles and the callers to the others, so the density
 figure is calls per worker core; the JSON records the pinning, the core count and the load average.
+The worker's session records give its own view of each turn (livekit's `e2e_latency`), so the JSON also splits
+the voice-to-voice time into the agent's part and the media path's; livekit's "event loop blocked" warnings of
+each batch are summarised by where they happened. `--short` (CI) runs one call of each agent and one level of
+two calls on the agents already running; its figures only prove the path works.
 """
 
 from __future__ import annotations
@@ -50,14 +54,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import numpy as np
 import psutil  # type: ignore[import-untyped]  # no stubs, and types-psutil is not a dev dependency
 import yaml
@@ -534,7 +537,7 @@ async def _mint_all(spec: CallerSpec) -> list[tuple[str, str, str | None]]:
         settings = load_settings()
         operator = ApiKey(name="real-server-bench", sha256="0" * 64, scopes=KeyScopes(agents=("*",), teams=("*",)))
         service = WebCallService(settings, CatalogStore(settings.catalog_path), default_session_creator(settings))
-        tokens = []
+        tokens: list[tuple[str, str, str | None]] = []
         for _ in spec.indices:
             minted = await service.start_call(
                 operator, CallTarget(kind="agent", id=uuid.UUID(SALES_AGENT)), None, session_type="live"
