@@ -334,6 +334,62 @@ async def test_console_with_an_unreachable_provider_names_it_and_keeps_the_conve
         assert "openai gpt-4o-mini (" in line and "OPENAI_API_KEY" in line and "Ctrl-D" in line
 
 
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("ending", ["ctrl-c", "ctrl-d"])
+def test_console_after_a_failed_turn_ends_on_ctrl_c_and_ctrl_d_with_exit_0(
+    ending: str, tmp_path: Path, unused_port: int
+) -> None:
+    import queue
+    import signal
+    import threading
+    import time
+
+    settings_names = {str(field.validation_alias) for field in Settings.model_fields.values()}
+    env = {name: value for name, value in os.environ.items() if name not in settings_names}
+    env.update(KEYS, VOICE_WORKER_MODE="dev", OPENAI_BASE_URL=f"http://127.0.0.1:{unused_port}/v1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "console", "--agent-id", SUPPORT, "--var", "customer_name=Dana"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    lines: queue.Queue[str] = queue.Queue()
+    stderr = proc.stderr
+    threading.Thread(target=lambda: [lines.put(line) for line in stderr], daemon=True).start()
+    seen: list[str] = []
+
+    def wait_for(needle: str) -> None:
+        deadline = time.monotonic() + 240
+        while not any(needle in line for line in seen):
+            try:
+                seen.append(lines.get(timeout=1))
+            except queue.Empty:
+                assert proc.poll() is None, f"exited {proc.returncode} before {needle!r}:\n" + "".join(seen)
+                assert time.monotonic() < deadline, f"no {needle!r} in:\n" + "".join(seen)
+
+    try:
+        wait_for("(type a message")
+        proc.stdin.write("how long do refunds take?\n")
+        proc.stdin.flush()
+        wait_for("no reply: the LLM failed")
+        if ending == "ctrl-c":
+            proc.send_signal(signal.SIGINT)  # what the terminal sends on Ctrl-C
+        else:
+            proc.stdin.close()  # end of input: what the terminal gives on Ctrl-D
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    while not lines.empty():
+        seen.append(lines.get())
+    assert code == 0, "".join(seen)
+    assert not any("Traceback" in line for line in seen), "".join(seen)
+
+
 @pytest.fixture
 def unused_port() -> int:
     import socket

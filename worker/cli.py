@@ -243,13 +243,14 @@ def _target_and_seeds(args: argparse.Namespace) -> tuple[uuid.UUID | None, uuid.
 
 def _web_call(args: argparse.Namespace) -> int:
     """The door's own minting core (scope: everything), so the CLI and the HTTP door cannot drift apart."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from catalog.context_vars import ContextVarErrors
     from catalog.loader import CatalogStore
     from door.core import CallTarget, WebCallService
     from door.errors import DoorError, TargetNotFound
     from door.keys import ApiKey, KeyScopes
     from door.sessions import default_session_creator
-    from sqlalchemy.exc import SQLAlchemyError
 
     settings = _settings(args)
     settings.require_production_secrets()
