@@ -961,7 +961,7 @@ async def _run_call(
         record.started_at = time.time()
         await _converse(env, doubles, script, record)
         record.end_reason = "completed"
-    except Exception as exc:  # noqa: BLE001 - a failed call is a result the benchmark counts, not a crash
+    except Exception as exc:  # a failed call is a result the benchmark counts, not a crash
         record.error = f"{type(exc).__name__}: {exc}"
     finally:
         doubles.caller.close()
@@ -1051,7 +1051,7 @@ async def _converse(env: Environment, doubles: _Doubles, script: CallScript, rec
 
 def _latest(items: Sequence[Any], key: Callable[[Any], float | None], after: float, before: float) -> Any | None:
     eligible = [i for i in items if (k := key(i)) is not None and after <= k <= before]
-    return max(eligible, key=key, default=None)  # type: ignore[arg-type,return-value]
+    return max(eligible, key=key, default=None)  # type: ignore[arg-type,return-value]  # key is not None on eligible
 
 
 def _fill_measured(doubles: _Doubles, record: CallRecord) -> None:

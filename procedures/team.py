@@ -42,6 +42,7 @@ from procedures.supervisor import (
     MemberChange,
     Supervision,
     Supervisor,
+    TeamRoute,
 )
 from procedures.variables import CallVariables
 
@@ -133,7 +134,7 @@ class TeamCall:
         *,
         chat_ctx: llm.ChatContext | None = None,
         reply_on_enter: bool = False,
-        team_route: Callable[[str], Any] | None = None,
+        team_route: TeamRoute | None = None,
     ) -> CallAgent:
         catalog_agent = self.catalog_agent(member)
         assert catalog_agent is not None, "member_agent() for an unavailable member"
@@ -159,12 +160,12 @@ class TeamCall:
 
     # -- the team router (mode supervisor, turn 1) ----------------------------------------------------------
 
-    def _team_route(self, member: TeamMember) -> Callable[[str], Any] | None:
+    def _team_route(self, member: TeamMember) -> TeamRoute | None:
         options = self.available_members()
         model = self._router_models(self.team.router_model_settings)
         if model is None or len(options) < 2:
             return None
-        initial_revision = self.catalog_agent(member).active_revision  # type: ignore[union-attr]
+        initial_revision = self.catalog_agent(member).active_revision  # type: ignore[union-attr]  # answering: enabled
         router = ConstrainedRouter(
             model,
             [RouteOption(m.router_name, m.router_description, tuple(m.examples)) for m in options],
