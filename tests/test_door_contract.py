@@ -35,6 +35,7 @@ from tests.doubles.door_world import (
     revdesk_path,
 )
 
+
 @dataclass
 class World:
     client: httpx.AsyncClient

@@ -22,7 +22,7 @@ RATE_PER_MINUTE = 10
 @pytest.fixture(scope="module")
 def replicas(
     tmp_path_factory: pytest.TempPathFactory,
-    postgres_server: PostgresServer,  # noqa: F811
+    postgres_server: PostgresServer,  # noqa: F811 - the fixture imported above
 ) -> Iterator[tuple[DoorProcess, DoorProcess, str]]:
     # One pair for the module (the tests use distinct API keys): a door takes seconds to start on a busy machine.
     database_url = postgres_server.create_database()
