@@ -76,7 +76,7 @@ def test_a_call_from_the_page(
         # typed inputs from the revision's ContextVarSpecs: string, enum (select), int (number), bool (select)
         assert page.get_attribute("#var-customer_name", "type") == "text"
         assert page.get_attribute("#var-order_count", "type") == "number"
-        assert page.locator("#var-tier option").all_innerbrowser.transcript()[1:] == ["standard", "gold", "platinum"]
+        assert page.locator("#var-tier option").all_inner_texts()[1:] == ["standard", "gold", "platinum"]
         assert page.is_hidden("#readiness") and page.is_enabled("#start")
         page.fill("#var-customer_name", name)
         page.select_option("#var-tier", "gold")
@@ -88,18 +88,24 @@ def test_a_call_from_the_page(
         assert response.status == 200, response.text()
         minted = response.json()
 
-        browser.wait_until(page, lambda: page.get_attribute("#state", "data-state") == "connected", 15, "the room to connect")
+        def until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+            browser.wait_until(page, predicate, timeout_s, what)
+
+        def said(role: str, text: str) -> bool:
+            return any(text in line for line in browser.transcript(page, role))
+
+        until(lambda: page.get_attribute("#state", "data-state") == "connected", 15, "the room to connect")
         # once the microphone is published the call panel takes over, with the focus on Hang up
-        browser.wait_until(page, lambda: page.evaluate("document.activeElement.id") == "hangup", 10, "the call panel")
-        browser.wait_until(page, lambda: browser.peak(page, "agent-level") > AUDIO_LEVEL, 15, "the agent's greeting audio")
-        browser.wait_until(page, lambda: any(name in t for t in browser.transcript(page, "agent")), 10, "the greeting in the transcript")
-        browser.wait_until(page, lambda: QUESTION in browser.transcript(page, "caller"), GREETING_LEAD_S + 25, "the caller's question")
+        until(lambda: page.evaluate("document.activeElement.id") == "hangup", 10, "the call panel")
+        until(lambda: browser.peak(page, "agent-level") > AUDIO_LEVEL, 15, "the agent's greeting audio")
+        until(lambda: said("agent", name), 10, "the greeting in the transcript")
+        until(lambda: QUESTION in browser.transcript(page, "caller"), GREETING_LEAD_S + 25, "the caller's question")
         assert browser.peak(page, "caller-level") > AUDIO_LEVEL  # the page heard its own microphone too
-        browser.wait_until(page, lambda: any("five business days" in t for t in browser.transcript(page, "agent")), 20, "the agent's answer")
-        browser.wait_until(page, lambda: page.get_attribute("#procedure", "data-filled") == "true", 10, "the procedure panel")
+        until(lambda: said("agent", "five business days"), 20, "the agent's answer")
+        until(lambda: page.get_attribute("#procedure", "data-filled") == "true", 10, "the procedure panel")
         assert page.get_attribute("#procedure", "data-procedure") == "refund_request"
-        browser.wait_until(page, lambda: int(page.get_attribute("#latency", "data-turns") or 0) >= 1, 10, "a turn's latency")
-        latency_row = page.locator("#latency tbody tr").last.locator("td").all_innerbrowser.transcript()
+        until(lambda: int(page.get_attribute("#latency", "data-turns") or 0) >= 1, 10, "a turn's latency")
+        latency_row = page.locator("#latency tbody tr").last.locator("td").all_inner_texts()
         assert latency_row[0] != "greeting" and 0 < float(latency_row[1]) < 5000, latency_row
         context = page.inner_text("#context")
         assert name in context and "gold" in context
@@ -109,10 +115,13 @@ def test_a_call_from_the_page(
         # nothing wider than a phone: the page reflows instead of scrolling sideways
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
+        # the meter follows the audio: once the agent is quiet it falls back below the level its speech reached
+        until(lambda: page.evaluate("document.getElementById('agent-level').value") < AUDIO_LEVEL, 15, "quiet")
+
         page.click("#mute")
         assert page.get_attribute("#mute", "aria-pressed") == "true"
         page.click("#hangup")
-        browser.wait_until(page, lambda: page.get_attribute("#state", "data-state") == "disconnected", 10, "the call to end")
+        until(lambda: page.get_attribute("#state", "data-state") == "disconnected", 10, "the call to end")
         assert page.is_visible("#new-call") and page.is_hidden("#hangup")
         assert minted["session_id"] in page.inner_text("#session")
 
@@ -136,12 +145,18 @@ def test_the_door_refusal_is_shown_in_its_words(
         error = page.inner_text("#error")
         assert "The door refused the call (HTTP 401)" in error, error
         assert page.is_enabled("#start")
-        # an undeclared value type: the door's 422 names the variable
         page.fill("#api-key", staff_door.api_key)
+        # typed inputs: the browser itself refuses 2.5 for an int (step 1), so nothing is sent
         page.fill("#var-order_count", "2.5")
         page.click("#start")
+        assert page.evaluate("document.querySelector('#var-order_count').validity.valid") is False
+        assert "HTTP 401" in page.inner_text("#error")
+        page.fill("#var-order_count", "")
+        # a value only the door can judge (its default bound on strings): its 422 names the variable
+        page.fill("#var-customer_name", "x" * 1100)
+        page.click("#start")
         browser.wait_until(page, lambda: "HTTP 422" in page.inner_text("#error"), 10, "the validation refusal")
-        assert "context_variables.order_count" in page.inner_text("#error")
+        assert "context_variables.customer_name" in page.inner_text("#error")
 
 
 def test_no_microphone(chromium_ready: None, staff_door: DoorProcess, tmp_path: Path) -> None:
