@@ -993,8 +993,23 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _rounded(value: Any) -> Any:
+    """Figures to two decimals: the README embeds the summary, and 17 digits of a millisecond say nothing."""
+    if isinstance(value, float):
+        return round(value, 2)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def summary(report: dict[str, Any]) -> dict[str, Any]:
     """The figures the README shows, from a report (`render_markdown` renders exactly these)."""
+    return _rounded(_summary(report))  # type: ignore[no-any-return]
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
     v2v = report["voice_to_voice"]
     dens = report.get("density")
     out: dict[str, Any] = {
