@@ -185,8 +185,6 @@ def _dev(args: argparse.Namespace) -> int:
         return run_worker(args, dev=True)
     from worker.devstack import StackOptions, run_dev_stack
 
-    import os
-
     if args.livekit_url:
         # the flag wins over .env, in this process and in the worker and door it starts
         os.environ["LIVEKIT_URL"] = args.livekit_url
