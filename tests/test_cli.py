@@ -161,8 +161,17 @@ def _free_port() -> int:
 def test_unreachable_livekit_is_one_clear_line_and_the_worker_keeps_retrying():
     url = f"ws://127.0.0.1:{_free_port()}"
     env = {**os.environ, "LIVEKIT_URL": url, "HEALTH_HOST": "127.0.0.1", "HEALTH_PORT": "0", **KEYS}
+    # `start`: `dev` brings up a livekit-server of its own where nothing answers (worker/devstack.py), which is
+    # the point of `dev` and not of this test. Production mode wants real-looking secrets and no fixed metrics port.
+    env.update(
+        VOICE_WORKER_MODE="production",
+        LIVEKIT_API_KEY="APIkey-for-this-test",
+        LIVEKIT_API_SECRET="lk-secret-for-this-test-" + "x" * 20,
+        DISPATCH_SIGNING_SECRET="dispatch-secret-for-this-test-" + "y" * 20,
+        PROMETHEUS_PORT="0",
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "dev"],
+        [sys.executable, "-m", "worker.cli", "start"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
