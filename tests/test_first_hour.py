@@ -298,6 +298,36 @@ def test_the_unreachable_livekit_line_is_rate_limited() -> None:
 
 
 @pytest.mark.timeout(300)
+def test_a_failed_worker_is_one_log_line_and_a_non_zero_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """livekit's CLI logs "worker failed" with a traceback and exits 0 (the .env case: "api_key is required")."""
+    from worker import connectivity
+
+    monkeypatch.setattr(connectivity, "_failure", None)
+    livekit_log = logging.getLogger("livekit.agents")
+    filters, stream = list(livekit_log.filters), io.StringIO()
+    handler = logging.StreamHandler(stream)
+    livekit_log.addHandler(handler)
+
+    def worker_that_fails(args: object, *, dev: bool) -> int:
+        connectivity.install("ws://localhost:7880")
+        try:
+            raise ValueError("api_key is required, or set LIVEKIT_API_KEY environment variable")
+        except ValueError:
+            livekit_log.exception("worker failed")  # what livekit/agents/cli/cli.py does
+        return 0  # and then livekit_main returns as if all were well
+
+    monkeypatch.setattr(cli, "run_worker", worker_that_fails)
+    try:
+        assert cli.main(["start"]) == cli.EXIT_PROBLEMS
+    finally:
+        livekit_log.removeHandler(handler)
+        livekit_log.filters[:] = filters
+    assert (
+        stream.getvalue() == "the worker stopped: ValueError: api_key is required, or set LIVEKIT_API_KEY "
+        "environment variable\n"
+    )
+
+
 async def test_console_with_an_unreachable_provider_names_it_and_keeps_the_conversation(
     monkeypatch: pytest.MonkeyPatch, unused_port: int
 ) -> None:

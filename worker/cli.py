@@ -550,6 +550,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         code = handlers[args.command](args)
+        if args.command in ("start", "dev") and code == EXIT_OK:
+            from worker.connectivity import worker_failure
+
+            if worker_failure() is not None:  # logged in one line by worker/connectivity.py
+                code = EXIT_PROBLEMS
         # stdout to a pipe is block-buffered: flush here, so a reader that went away surfaces below and not as
         # an "Exception ignored" message at interpreter exit
         sys.stdout.flush()

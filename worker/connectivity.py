@@ -20,6 +20,8 @@ _RETRY_PREFIX = "failed to connect to livekit"
 # least every REPEAT_AT_LEAST_S so a long outage still shows in recent logs.
 REPEAT_AT_LEAST_S = 600.0
 _REGISTERED = "registered worker"
+_WORKER_FAILED = "worker failed"
+_failure: str | None = None
 
 
 class UnreachableLiveKitFilter(logging.Filter):
@@ -32,6 +34,9 @@ class UnreachableLiveKitFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if message == _WORKER_FAILED:
+            _note_failure(record)
+            return True
         if message.startswith(_REGISTERED):
             self._failures = 0  # a later outage is news again
             return True
@@ -65,6 +70,24 @@ class UnreachableLiveKitFilter(logging.Filter):
         if hasattr(record, "error"):
             record.error = str(error)
         return True
+
+
+def _note_failure(record: logging.LogRecord) -> None:
+    """livekit's CLI logs "worker failed" with a traceback and then exits 0 (livekit/agents/cli/cli.py). Keep the
+    cause as one line, so the log says what stopped the worker and `voice-worker start|dev` exits non-zero."""
+    global _failure
+    error = record.exc_info[1] if record.exc_info else None
+    first = next(iter(str(error).strip().splitlines()), "") if error is not None else ""
+    _failure = f"{type(error).__name__}: {first}" if error is not None and first else type(error).__name__
+    record.msg = f"the worker stopped: {_failure}"
+    record.args = ()
+    record.exc_info = None
+    record.exc_text = None
+
+
+def worker_failure() -> str | None:
+    """Why the worker stopped, if livekit's CLI reported it failed in this process; None otherwise."""
+    return _failure
 
 
 def install(url: str) -> None:
