@@ -309,11 +309,11 @@ class Agents:
     stock: StockWorker | None = None
 
     def pid(self, impl: Impl) -> int:
-        proc = self.worker.process if impl == "worker" else self.stock.process  # type: ignore[union-attr]
+        proc = self.worker.process if impl == "worker" else self.stock.process  # type: ignore[union-attr]  # the kind asked for is running
         return proc.pid
 
     def log_path(self, impl: Impl) -> Path:
-        return self.worker.log_path if impl == "worker" else self.stock.log_path  # type: ignore[union-attr]
+        return self.worker.log_path if impl == "worker" else self.stock.log_path  # type: ignore[union-attr]  # the kind asked for is running
 
     def stop(self) -> None:
         if self.worker is not None:
@@ -940,7 +940,7 @@ def density(
                 continue
             agents = running[impl] if running else start_agent(impl, world.env, world.doubles, world.pin, world.workdir)
             if impl == "stock":
-                world.stock_agent_name = agents.stock.agent_name  # type: ignore[union-attr]
+                world.stock_agent_name = agents.stock.agent_name  # type: ignore[union-attr]  # started just above
             try:
                 batch = run_batch(world, agents, impl, calls, turns=turns, stagger_s=stagger_s if calls > 1 else 0.0)
             finally:
@@ -1194,7 +1194,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 try:
                     for impl in IMPLS:
                         agents[impl] = start_agent(impl, env, doubles, pin, workdir)
-                    world.stock_agent_name = agents["stock"].stock.agent_name  # type: ignore[union-attr]
+                    world.stock_agent_name = agents["stock"].stock.agent_name  # type: ignore[union-attr]  # started just above
                     report["voice_to_voice"] = voice_to_voice(
                         world, agents, rounds=args.rounds, turns=args.turns, deduct_ms=deduct
                     )

@@ -115,7 +115,7 @@ def test_every_wrong_setting_is_one_line_naming_it_and_how_to_fix_it(monkeypatch
 
 def test_production_names_each_missing_secret_and_dev_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     _clear_settings_env(monkeypatch)
-    settings = Settings(_env_file=None, VOICE_WORKER_MODE="production")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, VOICE_WORKER_MODE="production")  # type: ignore[call-arg]  # init-only option
     with pytest.raises(SettingsError) as info:
         settings.require_production_secrets()
     assert [p.split(" ", 1)[0] for p in info.value.problems] == list(SECRET_NAMES)
@@ -333,7 +333,7 @@ async def test_console_with_an_unreachable_provider_names_it_and_keeps_the_conve
 ) -> None:
     # the example agents' OpenAI models, pointed at a port where nothing listens
     monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{unused_port}/v1")
-    settings = Settings(_env_file=None, VOICE_WORKER_MODE="dev", **KEYS)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, VOICE_WORKER_MODE="dev", **KEYS)  # type: ignore[call-arg]  # init-only option
     services = CallServices(
         settings=settings,
         catalog=CatalogStore(EXAMPLE_CATALOG),

@@ -253,7 +253,7 @@ def _web_call(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.require_production_secrets()
     agent_id, team_id, seeds = _target_and_seeds(args)
-    target = CallTarget(kind="agent", id=agent_id) if agent_id else CallTarget(kind="team", id=team_id)  # type: ignore[arg-type]
+    target = CallTarget(kind="agent", id=agent_id) if agent_id else CallTarget(kind="team", id=team_id)  # type: ignore[arg-type]  # argparse requires one of the two
     if team_id and seeds:
         print("voice-worker: team calls ignore context variables (platform contract)", file=sys.stderr)
     operator = ApiKey(name="voice-worker-cli", sha256="0" * 64, scopes=KeyScopes(agents=("*",), teams=("*",)))
