@@ -2,7 +2,8 @@
 
 Bootstrap order (later wins): every declared name starts as None, then the revision's `variable_defaults`,
 then the dispatch seeds (single-agent calls only; coerced, unknown/system names refused), then the system
-values the worker sets (session id, agent id, session type, current time, end user id).
+values the worker sets (session id, agent id, session type, current time, end user id; each defined, None when
+the call has no value for it).
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ class CallVariables:
             values[name] = coerce(by_name[name], raw)
         if seeds:
             values.update(coerce_seeds(specs, dict(seeds)))
-        return cls(specs=by_name, values=values, system={k: v for k, v in system.items() if k in SYSTEM_VARIABLES})
+        # every system variable is defined for templates, None where this call has no value (a call without an end
+        # user, a console session): a template may test any of them without failing the call
+        known = {name: system.get(name) for name in SYSTEM_VARIABLES if name != "current_time"}
+        return cls(specs=by_name, values=values, system=known)
 
     def template_values(self) -> dict[str, Any]:
         """What templates see: declared variables, then system values (which cannot be overridden)."""

@@ -15,6 +15,7 @@ from catalog.models import Procedure, Team
 from catalog.pipeline_config import ModelChainEntry
 from procedures.agent import CallAgent
 from procedures.router import ConstrainedRouter, RouteOption, RouterModels
+from procedures.templates import render
 from procedures.supervisor import ProcedureSelector, fallback_procedure, keyword_match, normalize
 from procedures.validate import procedure_problems, revision_problems, team_problems
 from procedures.variables import CallVariables
@@ -240,3 +241,11 @@ def test_team_problems():
         "team.members[1].assistant_id",
         "team.members[1].router_name",
     ]
+
+
+def test_every_system_variable_is_defined_for_templates_even_without_a_value():
+    # a console session or a unit test has no session type or end user: templates that test them still render
+    variables = CallVariables.bootstrap(REVISION.context_variables, defaults={}, seeds=None, system={"agent_id": "a"})
+    values = variables.template_values()
+    assert values["session_type"] is None and values["end_user_id"] is None and values["agent_id"] == "a"
+    assert render('{% if session_type == "test" %}test call{% endif %}ok', values) == "ok"
