@@ -34,6 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from door.idempotency import IdempotencyConflict, StoredResponse
+from records.schema import door_idempotency, door_rate_buckets
 
 # A pending entry older than this belongs to a replica that died mid-request; minting takes milliseconds.
 LEASE_S = 30.0
@@ -43,28 +44,9 @@ POLL_MAX_S = 0.2
 # Expired entries of other keys are deleted at most this often per replica.
 PURGE_EVERY_S = 60.0
 
-_metadata = sa.MetaData()
-
-idempotency_entries = sa.Table(
-    "door_idempotency",
-    _metadata,
-    sa.Column("scope", sa.String(64), primary_key=True),
-    sa.Column("key", sa.String(1024), primary_key=True),
-    sa.Column("fingerprint", sa.String(64), nullable=False),
-    sa.Column("status_code", sa.Integer(), nullable=True),
-    sa.Column("body", sa.Text(), nullable=True),
-    sa.Column("lease_until", sa.Float(), nullable=False),
-    sa.Column("expires_at", sa.Float(), nullable=False),
-)
-
-rate_buckets = sa.Table(
-    "door_rate_buckets",
-    _metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("tokens", sa.Float(), nullable=False),
-    sa.Column("updated", sa.Float(), nullable=False),
-    sa.Column("granted", sa.Boolean(), nullable=False),
-)
+# The tables are part of the records database's schema (records/schema.py), which its migrations build.
+idempotency_entries = door_idempotency
+rate_buckets = door_rate_buckets
 
 
 def shared_engine(database_url: str) -> Engine:

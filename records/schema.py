@@ -125,3 +125,27 @@ outbox = sa.Table(
     sa.Column("parked_at", UTCDateTime(), nullable=True),
     sa.Index(None, "delivered_at", "next_attempt_at"),
 )
+
+
+# The web-call door's state shared by its replicas (door/shared_state.py, migration 0002): idempotency entries and
+# per-API-key rate-limit buckets. Defined with the rest of the database so the migrations and the models are one.
+door_idempotency = sa.Table(
+    "door_idempotency",
+    metadata,
+    sa.Column("scope", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(1024), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("status_code", sa.Integer(), nullable=True),
+    sa.Column("body", sa.Text(), nullable=True),
+    sa.Column("lease_until", sa.Float(), nullable=False),
+    sa.Column("expires_at", sa.Float(), nullable=False, index=True),
+)
+
+door_rate_buckets = sa.Table(
+    "door_rate_buckets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("tokens", sa.Float(), nullable=False),
+    sa.Column("updated", sa.Float(), nullable=False),
+    sa.Column("granted", sa.Boolean(), nullable=False),
+)
