@@ -23,6 +23,7 @@ from livekit.agents import llm
 from livekit.agents.testing import fake_job_context
 from livekit.agents.voice import AgentSession
 from livekit.agents.voice.events import ConversationItemAddedEvent, ErrorEvent
+from livekit.agents.voice.run_result import ChatMessageEvent, RunResult
 
 from catalog.loader import CatalogStore
 from catalog.pipeline_config import ModelChainEntry, VoicePipelineConfig
@@ -82,10 +83,14 @@ class ProviderFailures:
         """`session.run()` raised: the turn failed whether or not an error event said so."""
         self._failed = self._failed or error
 
+    def forget(self) -> None:
+        """The turn was answered: a stream that failed beside the one that answered is not news here."""
+        self._failed, self._errors = None, {}
+
     def take(self) -> str | None:
         """One line if the turn failed (naming each model and its error), None otherwise; starts the next turn."""
         failed, errors = self._failed, dict(self._errors)
-        self._failed, self._errors = None, {}
+        self.forget()
         if failed is None:
             return None
         tried = []
@@ -185,9 +190,12 @@ async def run_console(
             if not line:
                 break
             try:
-                await call.session.run(user_input=line)
+                result: RunResult[None] = await call.session.run(user_input=line)
             except Exception as exc:  # any provider error leaves the conversation usable
                 failures.note(exc)
+            else:
+                if any(isinstance(e, ChatMessageEvent) and e.item.role == "assistant" for e in result.events):
+                    failures.forget()
             report()
         await call.finish(reason="user_requested")
     return EXIT_OK
