@@ -1,6 +1,6 @@
 """The two seed API documents, parsed at test time, and validators for every response the door gives.
 
-The seeds (the directory `$VOICE_WORKER_SEEDS_DIR` names) are Markdown pages with the OpenAPI excerpt
+The seeds (the directory `$VOICE_WORKER_SEEDS_DIR` names, else `../shared/seeds` beside the checkout) are Markdown pages with the OpenAPI excerpt
 inside a ```` fence; the YAML between the fences is the contract. When the seed directory is on the machine
 the tests read the documents themselves; elsewhere (a fresh CI machine) they read the verbatim copies in
 tests/contracts/, which a test compares with the seeds whenever both are present.
@@ -20,7 +20,9 @@ from jsonschema.validators import validator_for
 
 # No default: a machine path in the repository is true on one machine only.
 _SEEDS_ENV = os.environ.get("VOICE_WORKER_SEEDS_DIR")
-SEEDS_DIR: Path | None = Path(_SEEDS_ENV) if _SEEDS_ENV else None
+# The project's shared material sits beside the checkout (`../shared/seeds`), on developers' machines and on CI.
+_BESIDE_CHECKOUT = Path(__file__).resolve().parents[2].parent / "shared" / "seeds"
+SEEDS_DIR: Path | None = Path(_SEEDS_ENV) if _SEEDS_ENV else (_BESIDE_CHECKOUT if _BESIDE_CHECKOUT.is_dir() else None)
 COPIES_DIR = Path(__file__).resolve().parent.parent / "contracts"
 FEATHER_SEED = "000_f2ddc616678da03a.txt"
 REVDESK_SEED = "001_572ed52e6335432a.txt"
