@@ -135,13 +135,11 @@ def _check_bounds(spec: ContextVarSpec, value: str | int | float | bool, limits:
         low = spec.minimum if spec.minimum is not None else -cap
         high = spec.maximum if spec.maximum is not None else cap
         if not low <= value <= high:
-            bounds = (f"{int(low)} and {int(high)}" if spec.type == "int" else f"{low:g} and {high:g}")
+            bounds = f"{int(low)} and {int(high)}" if spec.type == "int" else f"{low:g} and {high:g}"
             raise refuse(f"{_shown(value)} is out of range: {spec.type} values must lie between {bounds}")
 
 
-def coerce(
-    spec: ContextVarSpec, value: Any, limits: ValueLimits = DEFAULT_LIMITS
-) -> str | int | float | bool:
+def coerce(spec: ContextVarSpec, value: Any, limits: ValueLimits = DEFAULT_LIMITS) -> str | int | float | bool:
     """`value` as the declared type of `spec` within its bounds, or `ContextVarError` (kind coercion | range)."""
     result = _coerce_type(spec, value)
     _check_bounds(spec, result, limits)
@@ -231,7 +229,9 @@ def coerce_seeds(
             errors.append(ContextVarError(name, "is not a declared context variable", "unknown"))
             continue
         if spec.source == "system" or name in SYSTEM_VARIABLES:
-            errors.append(ContextVarError(name, "is a system variable set by the worker; it cannot be seeded", "system"))
+            errors.append(
+                ContextVarError(name, "is a system variable set by the worker; it cannot be seeded", "system")
+            )
             continue
         try:
             values[name] = coerce(spec, raw, limits)

@@ -98,9 +98,7 @@ class FallbackConfig(_Strict):
 class VoicePipelineConfig(_Strict):
     language: str | None = Field("en", max_length=16)
     stt_chain: tuple[STTEntry, ...] = Field((STTEntry(provider="deepgram", model="nova-3"),), min_length=1)
-    model_chain: tuple[ModelChainEntry, ...] = Field(
-        (ModelChainEntry(model="gpt-4.1-mini"),), min_length=1
-    )
+    model_chain: tuple[ModelChainEntry, ...] = Field((ModelChainEntry(model="gpt-4.1-mini"),), min_length=1)
     tts_chain: tuple[TTSEntry, ...] = Field(
         (TTSEntry(provider="openai", model="gpt-4o-mini-tts", voice_id="alloy"),), min_length=1
     )

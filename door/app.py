@@ -109,9 +109,7 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             # FastAPI documents a 422 for any route with parameters; RevDesk's validation errors are 400s.
             operation = schema["paths"][revdesk.PATH]["post"]
             operation["responses"].pop("422", None)

@@ -41,9 +41,7 @@ async def door_context(request: Request) -> DoorContext:
 async def _admit(context: DoorContext, presented: str | None, challenge: dict[str, str]) -> ApiKey:
     if presented is not None and len(presented) > context.max_api_key_chars:
         # Refused before hashing: no configured key is this long, and nothing large gets hashed per request.
-        raise Unauthorized(
-            f"invalid API key: longer than {context.max_api_key_chars} characters", headers=challenge
-        )
+        raise Unauthorized(f"invalid API key: longer than {context.max_api_key_chars} characters", headers=challenge)
     key = context.keys.authenticate(presented)
     if key is None:
         raise Unauthorized("missing or invalid API key", headers=challenge)

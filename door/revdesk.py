@@ -76,6 +76,7 @@ router = APIRouter(route_class=RevDeskRoute)
 
 _ERROR = {"model": ErrorEnvelope}
 
+
 @router.post(
     PATH,
     operation_id=OPERATION_ID,

@@ -168,9 +168,7 @@ def build_llm(config: VoicePipelineConfig, settings: SettingsWithKeys) -> llm.LL
     return _llm_chain([_build_llm(e, settings) for e in config.model_chain], config.fallback, OwningFallbackAdapter)
 
 
-def build_pipeline(
-    config: VoicePipelineConfig, settings: SettingsWithKeys, *, vad: SharedVAD | None
-) -> BuiltPipeline:
+def build_pipeline(config: VoicePipelineConfig, settings: SettingsWithKeys, *, vad: SharedVAD | None) -> BuiltPipeline:
     """Raises `PipelineError` for a config with problems (see `pipelines.validate.pipeline_problems`).
 
     `vad` is the process's `SharedVAD` (loaded in the worker's setup function); None loads the model here,

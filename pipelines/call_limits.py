@@ -54,9 +54,7 @@ class CallLimits:
         self._silence_s = config.silence_timeout_ms / 1000 if config.silence_timeout_ms else None
         self._reminder = config.silence_reminder_message or None
         self._reminder_count = config.silence_reminder_count if self._reminder else 0
-        self._end_message = (
-            config.silence_end_message if config.silence_end_action == "speak_then_hangup" else None
-        )
+        self._end_message = config.silence_end_message if config.silence_end_action == "speak_then_hangup" else None
         self._reminders_sent = 0
         # while our own reminder or closing message plays, the silence clock waits for it
         self._speaking_ours = False
@@ -132,9 +130,7 @@ class CallLimits:
     def _rearm(self, *, restart: bool = False) -> None:
         """Run the silence clock exactly while it is silent. A state change within silence (the
         session's own listening -> away after `user_away_timeout`) keeps the running clock."""
-        silent = (
-            self._silence_s is not None and self.ended_reason is None and self._started and self._silent()
-        )
+        silent = self._silence_s is not None and self.ended_reason is None and self._started and self._silent()
         if self._silence_timer is not None and (restart or not silent):
             self._silence_timer.cancel()
             self._silence_timer = None

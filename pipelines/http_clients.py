@@ -38,7 +38,5 @@ def openai_client(*, api_key: str, base_url: str | None) -> openai.AsyncClient:
         api_key=api_key,
         base_url=base_url,
         max_retries=0,
-        http_client=httpx.AsyncClient(
-            verify=tls_context(), timeout=_TIMEOUT, limits=_LIMITS, follow_redirects=True
-        ),
+        http_client=httpx.AsyncClient(verify=tls_context(), timeout=_TIMEOUT, limits=_LIMITS, follow_redirects=True),
     )

@@ -83,8 +83,7 @@ def _entry_problems(
                 problems.append(
                     PipelineProblem(
                         "tts_speed",
-                        f"{config.tts_speed} is outside {entry.provider!r}'s range {low}..{high} "
-                        f"(used by {path})",
+                        f"{config.tts_speed} is outside {entry.provider!r}'s range {low}..{high} (used by {path})",
                     )
                 )
         if entry.provider == "deepgram" and entry.model and entry.voice_id and entry.model != entry.voice_id:
@@ -98,9 +97,7 @@ def _entry_problems(
     return problems
 
 
-def pipeline_problems(
-    config: VoicePipelineConfig, settings: SettingsWithKeys, *, where: str
-) -> list[PipelineProblem]:
+def pipeline_problems(config: VoicePipelineConfig, settings: SettingsWithKeys, *, where: str) -> list[PipelineProblem]:
     """Every problem, each with its dotted field path under `where` (e.g. `pipeline.model_chain[1].provider`)."""
     problems: list[PipelineProblem] = []
     for chain_name, kind in _CHAINS:

@@ -198,9 +198,7 @@ class OutboxDelivery:
     async def _deliver(self, item: OutboxItem) -> Outcome:
         """One attempt: "delivered", "failed" (retried later) or "parked"."""
         body = encode_body(item.payload)
-        headers = signed_headers(
-            self._secret, body, idempotency_key=str(item.session_id), timestamp=int(time.time())
-        )
+        headers = signed_headers(self._secret, body, idempotency_key=str(item.session_id), timestamp=int(time.time()))
         headers[ATTEMPT_HEADER] = str(item.attempts)
         retry_after: float | None = None
         try:
@@ -281,9 +279,7 @@ class OutboxDelivery:
         outcomes: list[Outcome] = []
         start = self._store.now()
         for _ in range(self._batch_size):
-            items = await self._store.claim_due_outbox(
-                now=self._store.now(), due_by=start, limit=1, lease=self._lease
-            )
+            items = await self._store.claim_due_outbox(now=self._store.now(), due_by=start, limit=1, lease=self._lease)
             if not items:
                 break
             outcomes.append(await self._deliver(items[0]))

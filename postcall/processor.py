@@ -85,9 +85,7 @@ class PostCallProcessor:
     async def process(self, outcome: SessionOutcome) -> SessionRecord | None:
         """Returns the finished record, or None when not even the outcome could be stored (logged)."""
         errors: list[str] = []
-        ok, record = await self._step(
-            outcome.session_id, "record", errors, lambda: self._store.complete(outcome)
-        )
+        ok, record = await self._step(outcome.session_id, "record", errors, lambda: self._store.complete(outcome))
         if not ok or record is None:
             logger.error("session %s: outcome could not be recorded: %s", outcome.session_id, errors[-1])
             return None
@@ -174,9 +172,7 @@ class PostCallProcessor:
                 ),
             )
             if not ok:
-                logger.error(
-                    "session %s: post-call results could not be recorded: %s", outcome.session_id, errors[-1]
-                )
+                logger.error("session %s: post-call results could not be recorded: %s", outcome.session_id, errors[-1])
                 return None
         if payload is not None and self._on_enqueued is not None:
             self._on_enqueued()

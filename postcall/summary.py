@@ -20,8 +20,7 @@ async def summarize(model: llm.LLM[Any], instructions: str, transcript: Iterable
     chat_ctx.add_message(role="system", content=instructions)
     chat_ctx.add_message(
         role="user",
-        content="Transcript of the call (Caller = the end user, Agent = you):\n\n"
-        + render_transcript(transcript),
+        content="Transcript of the call (Caller = the end user, Agent = you):\n\n" + render_transcript(transcript),
     )
     response = await model.chat(chat_ctx=chat_ctx).collect()
     text = response.text.strip()

@@ -184,7 +184,7 @@ class ConstrainedRouter:
                         return self._parse_arguments(call.arguments)
                 if chunk.delta.content:
                     text.append(chunk.delta.content)
-        spoken = "".join(text).strip().strip('."\'').strip()
+        spoken = "".join(text).strip().strip(".\"'").strip()
         return spoken if spoken in self.choices else None
 
     def _parse_arguments(self, arguments: str) -> str | None:

@@ -565,4 +565,3 @@ def _transfer_chunk(target: str) -> llm.ChatChunk:
             ],
         ),
     )
-

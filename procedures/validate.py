@@ -34,7 +34,9 @@ def _check(source: str | None, field: str, declared: frozenset[str]) -> list[Tem
     return [TemplateProblem(field, f"uses undeclared variable {name!r}") for name in missing]
 
 
-def first_speaking_problems(pipeline: VoicePipelineConfig, declared: frozenset[str], prefix: str) -> list[TemplateProblem]:
+def first_speaking_problems(
+    pipeline: VoicePipelineConfig, declared: frozenset[str], prefix: str
+) -> list[TemplateProblem]:
     first = pipeline.first_speaking
     return [
         *_check(first.text, f"{prefix}.first_speaking.text", declared),

@@ -35,9 +35,7 @@ def transcript_from_history(history: llm.ChatContext | Iterable[Any]) -> list[Tr
         if not text:
             continue
         out.append(
-            TranscriptItem(
-                role=msg.role, text=text, created_at=_at(msg.created_at), interrupted=msg.interrupted
-            )
+            TranscriptItem(role=msg.role, text=text, created_at=_at(msg.created_at), interrupted=msg.interrupted)
         )
     return out
 

@@ -85,8 +85,7 @@ def _to_record(row: sa.Row[Any]) -> SessionRecord:
     m = row._mapping
     procedure = None
     if any(
-        m[c] is not None
-        for c in ("procedure_id", "procedure_name", "procedure_router_latency_ms", "procedure_reason")
+        m[c] is not None for c in ("procedure_id", "procedure_name", "procedure_router_latency_ms", "procedure_reason")
     ):
         procedure = ProcedureChoice(
             id=m["procedure_id"],
@@ -177,9 +176,7 @@ class SessionStore:
         assert row is not None
         return _to_record(row)
 
-    def _new_session_values(
-        self, session_id: uuid.UUID, session_type: SessionType, now: datetime
-    ) -> dict[str, Any]:
+    def _new_session_values(self, session_id: uuid.UUID, session_type: SessionType, now: datetime) -> dict[str, Any]:
         suppressed = session_type is SessionType.TEST
         return {
             "id": session_id,
@@ -215,9 +212,7 @@ class SessionStore:
             if row is not None:
                 m = row._mapping
                 if m["session_type"] != stype.value or m["agent_id"] != agent_id or m["team_id"] != team_id:
-                    raise SessionConflictError(
-                        f"session {sid} already exists with another type, agent or team"
-                    )
+                    raise SessionConflictError(f"session {sid} already exists with another type, agent or team")
                 return _to_record(row)
             values = self._new_session_values(sid, stype, self.now())
             values.update(
@@ -307,16 +302,12 @@ class SessionStore:
             if row is None:
                 new = self._new_session_values(outcome.session_id, outcome.session_type, now)
                 new.update(values)
-                new.update(
-                    agent_id=outcome.agent_id, team_id=outcome.team_id, end_user_id=outcome.end_user_id
-                )
+                new.update(agent_id=outcome.agent_id, team_id=outcome.team_id, end_user_id=outcome.end_user_id)
                 conn.execute(sa.insert(sessions).values(**new))
             else:
                 m = row._mapping
                 suppressed = m["session_type"] == SessionType.TEST.value
-                values["summary_state"] = (
-                    SummaryState.SUPPRESSED if suppressed else SummaryState.PENDING
-                ).value
+                values["summary_state"] = (SummaryState.SUPPRESSED if suppressed else SummaryState.PENDING).value
                 values["memory_state"] = (MemoryState.SUPPRESSED if suppressed else MemoryState.PENDING).value
                 values["summary"] = None
                 values["postcall_error"] = None
@@ -452,9 +443,7 @@ class SessionStore:
 
     @staticmethod
     def _enqueue(conn: Connection, session_id: uuid.UUID, payload: dict[str, Any], now: datetime) -> None:
-        row = conn.execute(
-            sa.select(outbox).where(outbox.c.session_id == session_id).with_for_update()
-        ).first()
+        row = conn.execute(sa.select(outbox).where(outbox.c.session_id == session_id).with_for_update()).first()
         if row is None:
             conn.execute(
                 sa.insert(outbox).values(
@@ -468,9 +457,7 @@ class SessionStore:
                 )
             )
         elif row.delivered_at is None:
-            conn.execute(
-                sa.update(outbox).where(outbox.c.id == row.id).values(payload=payload, next_attempt_at=now)
-            )
+            conn.execute(sa.update(outbox).where(outbox.c.id == row.id).values(payload=payload, next_attempt_at=now))
 
     async def claim_due_outbox(
         self, *, now: datetime, limit: int, lease: timedelta, due_by: datetime | None = None
@@ -596,10 +583,7 @@ class SessionStore:
         def read() -> datetime | None:
             with self._engine.connect() as conn:
                 return conn.execute(
-                    sa.select(outbox.c.next_attempt_at)
-                    .where(_QUEUED)
-                    .order_by(outbox.c.next_attempt_at)
-                    .limit(1)
+                    sa.select(outbox.c.next_attempt_at).where(_QUEUED).order_by(outbox.c.next_attempt_at).limit(1)
                 ).scalar()
 
         return await self._run(read)
@@ -657,9 +641,7 @@ class SessionStore:
             parked_sum = sa.type_coerce(sa.func.coalesce(sa.func.sum(parked), 0), sa.Integer)
             with self._engine.connect() as conn:
                 total, parked_count = conn.execute(
-                    sa.select(sa.func.count(), parked_sum).where(
-                        outbox.c.delivered_at.is_(None)
-                    )
+                    sa.select(sa.func.count(), parked_sum).where(outbox.c.delivered_at.is_(None))
                 ).one()
             return {"queued": int(total) - int(parked_count), "parked": int(parked_count)}
 

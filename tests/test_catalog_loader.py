@@ -36,7 +36,9 @@ def _copy(tmp_path: Path) -> Path:
 
 def test_bad_file_is_reported_with_file_field_and_reason(tmp_path):
     directory = _copy(tmp_path)
-    text = (directory / "sales.yaml").read_text().replace("endpointing_min_delay_ms: 500", "endpointing_min_delay_ms: -5")
+    text = (
+        (directory / "sales.yaml").read_text().replace("endpointing_min_delay_ms: 500", "endpointing_min_delay_ms: -5")
+    )
     (directory / "sales.yaml").write_text(text)
     (directory / "broken.yaml").write_text("kind: agent\nid: [unclosed\n")
     catalog = load_catalog(directory)
@@ -63,7 +65,11 @@ def test_store_reloads_changes_and_keeps_serving(tmp_path):
     directory = _copy(tmp_path)
     store = CatalogStore(directory, recheck_s=0)
     assert store.get().agents[SUPPORT].enabled
-    text = (directory / "support.yaml").read_text().replace("enabled: true\nactive_revision_id", "enabled: false\nactive_revision_id", 1)
+    text = (
+        (directory / "support.yaml")
+        .read_text()
+        .replace("enabled: true\nactive_revision_id", "enabled: false\nactive_revision_id", 1)
+    )
     time.sleep(0.01)
     (directory / "support.yaml").write_text(text)
     assert store.get().agents[SUPPORT].enabled is False

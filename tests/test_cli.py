@@ -39,7 +39,9 @@ def dev_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("CATALOG_PATH", raising=False)
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str], stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
+def run(
+    argv: list[str], capsys: pytest.CaptureFixture[str], stdin: str | None = None, monkeypatch=None
+) -> tuple[int, str, str]:
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     code = cli.main(argv)
@@ -50,7 +52,9 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str], stdin: str | None =
 def test_check_ok_prints_one_summary_line(capsys):
     code, out, _ = run(["check"], capsys)
     assert code == 0
-    assert out.strip().splitlines() == [f"catalog OK: {EXAMPLE_CATALOG}: 2 agents (2 enabled), 1 teams, 6 procedures on active revisions"]
+    assert out.strip().splitlines() == [
+        f"catalog OK: {EXAMPLE_CATALOG}: 2 agents (2 enabled), 1 teams, 6 procedures on active revisions"
+    ]
 
 
 def test_check_reports_file_field_reason(tmp_path: Path, capsys, monkeypatch):
@@ -67,10 +71,20 @@ def test_check_reports_file_field_reason(tmp_path: Path, capsys, monkeypatch):
     code, out, _ = run(["check", "--catalog", str(target)], capsys)
     lines = out.strip().splitlines()
     assert code == 1
-    assert any(text.startswith("support.yaml: revisions[0].pipeline.local_vad_params.confidence: ") for text in lines), lines
-    assert any(text.startswith("sales.yaml: revisions[0].pipeline.stt_chain[0].provider: ") and "telepathy" in text for text in lines), lines
-    assert any(text.startswith("sales.yaml: revisions[0].system_prompt: ") and "budget" in text for text in lines), lines
-    assert any(text.startswith("sales.yaml: revisions[0].pipeline.tts_chain[0]") and "DEEPGRAM_API_KEY" in text for text in lines), lines
+    assert any(
+        text.startswith("support.yaml: revisions[0].pipeline.local_vad_params.confidence: ") for text in lines
+    ), lines
+    assert any(
+        text.startswith("sales.yaml: revisions[0].pipeline.stt_chain[0].provider: ") and "telepathy" in text
+        for text in lines
+    ), lines
+    assert any(text.startswith("sales.yaml: revisions[0].system_prompt: ") and "budget" in text for text in lines), (
+        lines
+    )
+    assert any(
+        text.startswith("sales.yaml: revisions[0].pipeline.tts_chain[0]") and "DEEPGRAM_API_KEY" in text
+        for text in lines
+    ), lines
 
 
 def test_web_call_mints_a_verifiable_token(capsys):
@@ -124,26 +138,40 @@ def test_inspect_dispatch_round_trip(capsys, monkeypatch):
     report = json.loads(out)
     assert code == 0 and report["accepted"] is True
     assert report["claims"]["team_id"] == TEAM and report["agent"]["id"] == SUPPORT
-    code, out, _ = run(["inspect-dispatch"], capsys, stdin=metadata.replace('"grant":"', '"grant":"x'), monkeypatch=monkeypatch)
+    code, out, _ = run(
+        ["inspect-dispatch"], capsys, stdin=metadata.replace('"grant":"', '"grant":"x'), monkeypatch=monkeypatch
+    )
     assert code == 3 and json.loads(out)["reason"] in {"malformed_metadata", "bad_signature"}
     code, out, _ = run(["inspect-dispatch"], capsys, stdin="hello", monkeypatch=monkeypatch)
-    assert code == 3 and json.loads(out) == {"accepted": False, "reason": "malformed_metadata", "detail": json.loads(out)["detail"]}
+    assert code == 3 and json.loads(out) == {
+        "accepted": False,
+        "reason": "malformed_metadata",
+        "detail": json.loads(out)["detail"],
+    }
 
 
 async def test_console_holds_a_text_conversation(capsys):
     settings = Settings(_env_file=None, VOICE_WORKER_MODE="dev", **KEYS)
+
     def script(chat_ctx, tools):
         if tools and getattr(tools[0], "id", None) == "choose_procedure":
             return Reply(tool_calls=[("choose_procedure", {"name": "refund_request"})])
         return Reply(text="Refunds take five days.")
 
     fake = FakeLLM(script)
-    services = CallServices(settings=settings, catalog=CatalogStore(EXAMPLE_CATALOG), session_kwargs=lambda _: {"llm": fake})
+    services = CallServices(
+        settings=settings, catalog=CatalogStore(EXAMPLE_CATALOG), session_kwargs=lambda _: {"llm": fake}
+    )
     lines: asyncio.Queue[str | None] = asyncio.Queue()
     for line in ("how long do refunds take?", ""):
         lines.put_nowait(line)
     code = await run_console(
-        settings, agent_id=uuid.UUID(SUPPORT), team_id=None, seeds={"customer_name": "Dana"}, services=services, lines=lines
+        settings,
+        agent_id=uuid.UUID(SUPPORT),
+        team_id=None,
+        seeds={"customer_name": "Dana"},
+        services=services,
+        lines=lines,
     )
     out = capsys.readouterr().out
     assert code == 0

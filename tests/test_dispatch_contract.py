@@ -116,8 +116,14 @@ def test_lifetime_is_capped_on_both_sides():
         mint(lifetime=MAX_GRANT_LIFETIME + timedelta(seconds=1))
     now = int(time.time())
     payload = {
-        "ver": 1, "iss": ISSUER, "iat": now, "exp": now + 3600, "session_id": str(uuid.uuid4()),
-        "session_type": "test", "agent_id": str(AGENT), "context_variables": {},
+        "ver": 1,
+        "iss": ISSUER,
+        "iat": now,
+        "exp": now + 3600,
+        "session_id": str(uuid.uuid4()),
+        "session_type": "test",
+        "agent_id": str(AGENT),
+        "context_variables": {},
     }
     assert reason_of(raw_grant(payload)) == RejectReason.LIFETIME_TOO_LONG
 
@@ -125,8 +131,14 @@ def test_lifetime_is_capped_on_both_sides():
 def _payload(**changes):
     now = int(time.time())
     payload = {
-        "ver": 1, "iss": ISSUER, "iat": now, "exp": now + 300, "session_id": str(uuid.uuid4()),
-        "session_type": "test", "agent_id": str(AGENT), "context_variables": {},
+        "ver": 1,
+        "iss": ISSUER,
+        "iat": now,
+        "exp": now + 300,
+        "session_id": str(uuid.uuid4()),
+        "session_type": "test",
+        "agent_id": str(AGENT),
+        "context_variables": {},
     }
     payload.update(changes)
     return {k: v for k, v in payload.items() if v is not None}

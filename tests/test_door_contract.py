@@ -6,7 +6,6 @@ door's own /openapi.json.
 from __future__ import annotations
 
 import os
-
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass

@@ -136,9 +136,7 @@ def test_fuzz_web_call_routes(tmp_path: Path, path: str) -> None:
         headers = _auth_headers(path, auth)
         if auth == "none" and case.headers:
             case.headers = {k: v for k, v in case.headers.items() if k.lower() not in {"x-api-key", "authorization"}}
-        response = case.call_and_validate(
-            headers=headers, checks=CHECKS, additional_checks=(_seed_conformance,)
-        )
+        response = case.call_and_validate(headers=headers, checks=CHECKS, additional_checks=(_seed_conformance,))
         seen[response.status_code] = seen.get(response.status_code, 0) + 1
 
     run()

@@ -184,9 +184,7 @@ async def test_parallel_conflicting_requests_with_one_key(door: Door) -> None:
     door.creator.gate = asyncio.Event()
     idempotency = door.app.state.door.idempotency
     tasks = [
-        asyncio.create_task(
-            door.client.post(revdesk_path(agent), headers=revdesk_headers(idempotency_key="mixed"))
-        )
+        asyncio.create_task(door.client.post(revdesk_path(agent), headers=revdesk_headers(idempotency_key="mixed")))
         for agent in [SUPPORT_AGENT] * 5 + [SALES_AGENT] * 5
     ]
     await _when(lambda: idempotency.in_flight("console", "mixed") == 10, "all requests queued on the key")
@@ -196,17 +194,13 @@ async def test_parallel_conflicting_requests_with_one_key(door: Door) -> None:
     assert len(door.creator.sessions) == 1
     winner = door.creator.sessions[0].agent_id
     assert statuses == [200] * 5 + [409] * 5
-    assert all(
-        (r.status_code == 200) == (uuid.UUID(str(r.request.url).split("/")[-2]) == winner) for r in responses
-    )
+    assert all((r.status_code == 200) == (uuid.UUID(str(r.request.url).split("/")[-2]) == winner) for r in responses)
     assert {r.json()["error"]["code"] for r in responses if r.status_code == 409} == {"idempotency_conflict"}
 
 
 async def test_same_idempotency_key_from_another_client_is_not_a_replay(door: Door) -> None:
     mine = await door.client.post(revdesk_path(SUPPORT_AGENT), headers=revdesk_headers(KEY_ALL, "shared"))
-    theirs = await door.client.post(
-        revdesk_path(SUPPORT_AGENT), headers=revdesk_headers(KEY_OTHER_CLIENT, "shared")
-    )
+    theirs = await door.client.post(revdesk_path(SUPPORT_AGENT), headers=revdesk_headers(KEY_OTHER_CLIENT, "shared"))
     assert mine.status_code == theirs.status_code == 200
     assert theirs.headers["Idempotent-Replayed"] == "false"
     assert mine.json()["data"]["token"] != theirs.json()["data"]["token"]

@@ -31,7 +31,9 @@ async def test_requests_are_counted_by_contract_and_status(tmp_path: Path):
     app = create_app(make_settings(tmp_path), session_creator=RecordingSessionCreator(), clock=FakeClock())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://door.test") as client:
         ok = await client.post("/v1/voice/web-call", json={"agent_id": str(SUPPORT_AGENT)}, headers=feather_headers())
-        missing = await client.post("/v1/voice/web-call", json={"agent_id": str(UNKNOWN_AGENT)}, headers=feather_headers())
+        missing = await client.post(
+            "/v1/voice/web-call", json={"agent_id": str(UNKNOWN_AGENT)}, headers=feather_headers()
+        )
         unauthorized = await client.post(revdesk_path(SUPPORT_AGENT), headers={})
         assert (ok.status_code, missing.status_code, unauthorized.status_code) == (200, 404, 401)
         assert (await client.post(revdesk_path(SUPPORT_AGENT), headers=revdesk_headers())).status_code == 200

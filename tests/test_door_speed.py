@@ -63,9 +63,7 @@ async def test_sqlite_session_rows_are_written_one_at_a_time(tmp_path: Path) -> 
             active -= 1
 
     inner.create_session = tracked  # type: ignore[method-assign]  # counts writers in flight
-    await asyncio.gather(
-        *(creator.create_session(uuid.uuid4(), "test", agent_id=SUPPORT_AGENT) for _ in range(30))
-    )
+    await asyncio.gather(*(creator.create_session(uuid.uuid4(), "test", agent_id=SUPPORT_AGENT) for _ in range(30)))
     await creator.aclose()
     assert most == 1
 

@@ -122,9 +122,11 @@ def _edit_payload(token: str, edit: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("route", ["feather", "revdesk"])
 async def test_editing_the_agent_id_breaks_the_grant(client: httpx.AsyncClient, route: str) -> None:
-    token = (await _feather_token(client, {"agent_id": str(SUPPORT_AGENT)}))[0] if route == "feather" else (
-        await _revdesk_token(client)
-    )[0]
+    token = (
+        (await _feather_token(client, {"agent_id": str(SUPPORT_AGENT)}))[0]
+        if route == "feather"
+        else (await _revdesk_token(client))[0]
+    )
     metadata = _dispatch(_verify(token)).metadata
     grant = json.loads(metadata)["grant"]
     other_agent = "5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a02"

@@ -123,9 +123,7 @@ async def test_worker_registers_with_its_agent_name(lk: LiveKitServerDouble, pro
 async def test_accepted_offer_carries_the_handler_identity_and_runs_one_job(
     lk: LiveKitServerDouble, probe: Probe
 ) -> None:
-    answer = await lk.offer_job(
-        metadata="yes", room_name="room-1", agent_name=AGENT_NAME, timeout=TIMEOUT
-    )
+    answer = await lk.offer_job(metadata="yes", room_name="room-1", agent_name=AGENT_NAME, timeout=TIMEOUT)
     assert answer.available and not answer.terminate
     assert answer.participant_identity == f"probe-{answer.job_id}"
     assert answer.participant_name == "Probe Agent"
@@ -176,9 +174,7 @@ async def test_termination_ends_a_running_job(lk: LiveKitServerDouble, probe: Pr
     assert probe.server.active_jobs == []
 
 
-async def test_worker_reregisters_after_the_server_drops_it(
-    lk: LiveKitServerDouble, probe: Probe
-) -> None:
+async def test_worker_reregisters_after_the_server_drops_it(lk: LiveKitServerDouble, probe: Probe) -> None:
     first = lk.registrations[-1]
     await lk.drop_connection()
     await lk.wait_for(lambda: len(lk.registrations) == 2, TIMEOUT)
@@ -191,9 +187,7 @@ async def test_worker_reregisters_after_the_server_drops_it(
     assert not answer.available
 
 
-async def test_worker_with_a_wrong_secret_is_refused(
-    lk: LiveKitServerDouble, restore_environ: None
-) -> None:
+async def test_worker_with_a_wrong_secret_is_refused(lk: LiveKitServerDouble, restore_environ: None) -> None:
     # max_retry=0: the first refusal is final, so run() fails instead of backing off for minutes
     probe = _build_server(lk.url, WRONG_SECRET, max_retry=0)
     try:

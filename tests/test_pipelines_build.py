@@ -263,7 +263,9 @@ async def test_openai_compatible_everything_with_configured_key(built, monkeypat
                 config={"temperature": 0.2, "top_p": 0.9},
             )
         ],
-        tts_chain=[TTSEntry(provider="openai_compatible", model="kokoro", voice_id="af_bella", base_url="http://tts/v1")],
+        tts_chain=[
+            TTSEntry(provider="openai_compatible", model="kokoro", voice_id="af_bella", base_url="http://tts/v1")
+        ],
         tts_speed=1.25,
     )
     pipeline = build_pipeline(config, settings, vad=SharedVAD.load())
@@ -349,7 +351,9 @@ async def test_without_a_shared_vad_the_pipeline_loads_its_own(catalog, settings
         await pipeline.aclose()
 
 
-async def test_provider_clients_share_one_tls_context_and_close_with_the_pipeline(catalog, settings, shared_vad) -> None:
+async def test_provider_clients_share_one_tls_context_and_close_with_the_pipeline(
+    catalog, settings, shared_vad
+) -> None:
     from pipelines.http_clients import tls_context
 
     # support: Deepgram and OpenAI STT, two OpenAI LLMs, OpenAI and Deepgram TTS

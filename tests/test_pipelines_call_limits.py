@@ -195,9 +195,7 @@ async def test_the_session_marking_the_user_away_does_not_restart_the_silence_cl
     # livekit's own away timer (user_away_timeout) fires in the middle of the silence
     s = AgentSession(llm=FakeLLM(), user_away_timeout=0.2)
     await s.start(Agent(instructions="You are a test agent."))
-    limits = CallLimits(
-        s, config(silence_timeout_ms=2000, silence_end_action="hangup_immediate"), on_end=Ends()
-    )
+    limits = CallLimits(s, config(silence_timeout_ms=2000, silence_end_action="hangup_immediate"), on_end=Ends())
     try:
         limits.start()
         clock = limits._silence_timer

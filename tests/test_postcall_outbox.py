@@ -141,12 +141,7 @@ async def test_receiver_down_for_the_first_attempts_gets_the_record_exactly_once
     assert body["event"] == "session.completed" and body["session_id"] == str(outcome.session_id)
     assert body["session"]["transcript"][1]["text"] == "Bye."
     final = await store.outbox_entry(outcome.session_id)
-    assert (
-        final is not None
-        and final.attempts == 4
-        and final.delivered_at is not None
-        and final.last_error is None
-    )
+    assert final is not None and final.attempts == 4 and final.delivered_at is not None and final.last_error is None
     await store.aclose()
 
 

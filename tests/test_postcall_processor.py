@@ -28,12 +28,8 @@ USER = "end-user-7"
 TRANSCRIPT = [
     TranscriptItem(role="assistant", text="Hello, this is Acme support.", created_at=T0),
     TranscriptItem(role="user", text="Hi, I'm Dana. My kettle broke.", created_at=T0 + timedelta(seconds=3)),
-    TranscriptItem(
-        role="assistant", text="Sorry to hear that. Which model?", created_at=T0 + timedelta(seconds=6)
-    ),
-    TranscriptItem(
-        role="user", text="The K2. Please email me, not SMS.", created_at=T0 + timedelta(seconds=9)
-    ),
+    TranscriptItem(role="assistant", text="Sorry to hear that. Which model?", created_at=T0 + timedelta(seconds=6)),
+    TranscriptItem(role="user", text="The K2. Please email me, not SMS.", created_at=T0 + timedelta(seconds=9)),
 ]
 
 
@@ -158,10 +154,7 @@ async def test_live_call_memory_is_available_to_the_next_live_call_of_the_same_e
     record2 = await processor.process(second)
     assert record2 is not None and record2.memory_state is MemoryState.SYNCED
     second_prompt = extraction.made[1].calls[0].last_user_text or ""
-    assert (
-        "- The caller's name is Dana." in second_prompt
-        and "- The caller prefers email over SMS." in second_prompt
-    )
+    assert "- The caller's name is Dana." in second_prompt and "- The caller prefers email over SMS." in second_prompt
     assert extraction.made[1].calls[0].tool_names == (TOOL_NAME,)
     facts = await store.facts_for(USER)
     assert sorted(facts) == sorted(
@@ -179,9 +172,7 @@ async def test_live_call_memory_is_available_to_the_next_live_call_of_the_same_e
 async def test_test_session_calls_no_model_nor_memory_writer_and_leaves_memory_unchanged(
     store: SessionStore,
 ) -> None:
-    seeding = PostCallProcessor(
-        store, make_settings(), None, CountingExtractor(["The caller's name is Dana."])
-    )
+    seeding = PostCallProcessor(store, make_settings(), None, CountingExtractor(["The caller's name is Dana."]))
     assert (await seeding.process(make_outcome())) is not None
     memory_before = await store.memory_facts(USER)
     assert [f.fact for f in memory_before] == ["The caller's name is Dana."]
@@ -193,9 +184,7 @@ async def test_test_session_calls_no_model_nor_memory_writer_and_leaves_memory_u
     await store.create_session(test_call.session_id, "test", agent_id=AGENT)  # the door's row
 
     for memory_extractor in (extractor, LLMMemoryExtractor(extraction)):
-        record = await PostCallProcessor(store, make_settings(), summaries, memory_extractor).process(
-            test_call
-        )
+        record = await PostCallProcessor(store, make_settings(), summaries, memory_extractor).process(test_call)
         assert record is not None
         assert record.session_type is SessionType.TEST
         assert record.summary is None
@@ -267,29 +256,23 @@ async def test_memory_is_skipped_without_an_end_user_or_with_too_few_user_turns(
     assert extractor.calls == 0
     assert await sqlite_store.facts_for(USER) == []
 
-    enough = await PostCallProcessor(
-        sqlite_store, make_settings(MEMORY_MIN_USER_TURNS=2), None, extractor
-    ).process(make_outcome())
+    enough = await PostCallProcessor(sqlite_store, make_settings(MEMORY_MIN_USER_TURNS=2), None, extractor).process(
+        make_outcome()
+    )
     assert enough is not None and enough.memory_state is MemoryState.SYNCED and extractor.calls == 1
 
 
 async def test_extractor_understands_json_text_and_rejects_anything_else(sqlite_store: SessionStore) -> None:
     settings = make_settings()
     as_text = CountingFactory(['```json\n{"facts": ["The caller lives in Oslo."]}\n```'])
-    record = await PostCallProcessor(sqlite_store, settings, None, LLMMemoryExtractor(as_text)).process(
-        make_outcome()
-    )
+    record = await PostCallProcessor(sqlite_store, settings, None, LLMMemoryExtractor(as_text)).process(make_outcome())
     assert record is not None and record.memory_state is MemoryState.SYNCED
     assert await sqlite_store.facts_for(USER) == ["The caller lives in Oslo."]
 
     prose = CountingFactory(["The caller seems nice."])
-    record = await PostCallProcessor(sqlite_store, settings, None, LLMMemoryExtractor(prose)).process(
-        make_outcome()
-    )
+    record = await PostCallProcessor(sqlite_store, settings, None, LLMMemoryExtractor(prose)).process(make_outcome())
     assert record is not None and record.memory_state is MemoryState.PENDING
-    assert record.postcall_error is not None and record.postcall_error.startswith(
-        "memory: MemoryExtractionError"
-    )
+    assert record.postcall_error is not None and record.postcall_error.startswith("memory: MemoryExtractionError")
     assert await sqlite_store.facts_for(USER) == ["The caller lives in Oslo."]
 
 
@@ -307,9 +290,9 @@ async def test_process_never_raises_when_the_database_is_unreachable(tmp_path: P
     store = SessionStore(f"postgresql+psycopg://nobody@127.0.0.1:{port}/nothing")
     summaries = CountingFactory(["x"])
     try:
-        result = await PostCallProcessor(
-            store, make_settings(POSTCALL_STEP_TIMEOUT_S=5.0), summaries, None
-        ).process(make_outcome())
+        result = await PostCallProcessor(store, make_settings(POSTCALL_STEP_TIMEOUT_S=5.0), summaries, None).process(
+            make_outcome()
+        )
     finally:
         await store.aclose()
     assert result is None

@@ -15,8 +15,8 @@ from catalog.models import Procedure, Team
 from catalog.pipeline_config import ModelChainEntry
 from procedures.agent import CallAgent
 from procedures.router import ConstrainedRouter, RouteOption, RouterModels
-from procedures.templates import render
 from procedures.supervisor import ProcedureSelector, fallback_procedure, keyword_match, normalize
+from procedures.templates import render
 from procedures.validate import procedure_problems, revision_problems, team_problems
 from procedures.variables import CallVariables
 from tests.doubles.fake_llm import FakeLLM, Reply

@@ -120,9 +120,7 @@ async def test_llm_stream_carries_tool_calls_with_fragmented_arguments(
         return "shipped"
 
     args = {"order_id": "A-1042-with-a-long-suffix"}
-    oai.script_chat(
-        Reply(text="Let me check.", tool_calls=[ToolCall("lookup_order", args, call_id="call_1")])
-    )
+    oai.script_chat(Reply(text="Let me check.", tool_calls=[ToolCall("lookup_order", args, call_id="call_1")]))
     model = _llm(oai)
     try:
         text, calls, _ = await _collect(model, _user_ctx("Order A-1042?"), tools=[lookup_order])
@@ -130,9 +128,7 @@ async def test_llm_stream_carries_tool_calls_with_fragmented_arguments(
         await model.aclose()
 
     assert text == "Let me check."
-    assert [(c.name, json.loads(c.arguments), c.call_id) for c in calls] == [
-        ("lookup_order", args, "call_1")
-    ]
+    assert [(c.name, json.loads(c.arguments), c.call_id) for c in calls] == [("lookup_order", args, "call_1")]
     (req,) = oai.chat_requests
     assert req.tool_names == ["lookup_order"]
 
@@ -171,9 +167,7 @@ async def test_default_reply_echoes_last_user_message(oai: OpenAIServerDouble) -
 
 async def test_scripts_are_per_model_and_requests_counted(oai: OpenAIServerDouble) -> None:
     oai.script_chat("router says billing", model="router-model")
-    oai.set_chat_responder(
-        lambda body: f"agent saw {len(body['messages'])} messages", model="agent-model"
-    )
+    oai.set_chat_responder(lambda body: f"agent saw {len(body['messages'])} messages", model="agent-model")
     router, agent = _llm(oai, "router-model"), _llm(oai, "agent-model")
     try:
         assert (await _collect(router, _user_ctx("hi")))[0] == "router says billing"
@@ -222,9 +216,7 @@ async def test_hang_hits_the_plugin_timeout(oai: OpenAIServerDouble) -> None:
     started = time.monotonic()
     try:
         with pytest.raises(APITimeoutError):
-            await _collect(
-                model, _user_ctx("hi"), conn_options=APIConnectOptions(max_retry=0, timeout=0.5)
-            )
+            await _collect(model, _user_ctx("hi"), conn_options=APIConnectOptions(max_retry=0, timeout=0.5))
     finally:
         await model.aclose()
     assert time.monotonic() - started < 10  # generous: proves it was the 0.5 s timeout, not a hang
@@ -376,9 +368,7 @@ async def test_tts_status_500_surfaces_as_api_status_error(oai: OpenAIServerDoub
 
 def _speech_frame(seconds: float = 0.3, sample_rate: int = 16_000) -> rtc.AudioFrame:
     pcm = tone(seconds, sample_rate=sample_rate)
-    return rtc.AudioFrame(
-        data=pcm, sample_rate=sample_rate, num_channels=1, samples_per_channel=len(pcm) // 2
-    )
+    return rtc.AudioFrame(data=pcm, sample_rate=sample_rate, num_channels=1, samples_per_channel=len(pcm) // 2)
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini-transcribe", "whisper-1"])
@@ -435,11 +425,7 @@ def _frames(pattern: list[tuple[str, float]], sample_rate: int = 16_000) -> list
     per_frame = sample_rate // 100
     frames = []
     for kind, seconds in pattern:
-        pcm = (
-            tone(seconds, sample_rate=sample_rate)
-            if kind == "speech"
-            else bytes(int(seconds * sample_rate) * 2)
-        )
+        pcm = tone(seconds, sample_rate=sample_rate) if kind == "speech" else bytes(int(seconds * sample_rate) * 2)
         for i in range(0, len(pcm), per_frame * 2):
             chunk = pcm[i : i + per_frame * 2]
             frames.append(rtc.AudioFrame(chunk, sample_rate, 1, len(chunk) // 2))
@@ -474,9 +460,7 @@ async def test_deepgram_stream_emits_start_interim_final_end(
 ) -> None:
     dg.script_transcripts("I want a refund.", "Thanks, bye.")
     stt = deepgram.STT(api_key="test-dg-key", base_url=dg.listen_url, http_session=http)
-    frames = _frames(
-        [("silence", 0.3), ("speech", 0.6), ("silence", 0.3), ("speech", 0.4), ("silence", 0.3)]
-    )
+    frames = _frames([("silence", 0.3), ("speech", 0.6), ("silence", 0.3), ("speech", 0.4), ("silence", 0.3)])
     try:
         events = await _stream_events(stt, frames, utterances=2)
     finally:
@@ -519,9 +503,7 @@ async def test_deepgram_utterance_end_without_endpointing(
         utterance_end_ms=1000,
     )
     try:
-        events = await _stream_events(
-            stt, _frames([("speech", 0.5), ("silence", 1.2)]), utterances=1
-        )
+        events = await _stream_events(stt, _frames([("speech", 0.5), ("silence", 1.2)]), utterances=1)
     finally:
         await stt.aclose()
     T = stt_mod.SpeechEventType
@@ -550,9 +532,7 @@ async def test_deepgram_stream_connect_rejected_is_api_status_error(
     assert info.value.status_code == 401
 
 
-async def test_deepgram_prerecorded_recognize(
-    dg: DeepgramServerDouble, http: aiohttp.ClientSession
-) -> None:
+async def test_deepgram_prerecorded_recognize(dg: DeepgramServerDouble, http: aiohttp.ClientSession) -> None:
     dg.script_transcripts("Account number four two.")
     stt = deepgram.STT(api_key="test", base_url=dg.listen_url, http_session=http)
     try:
@@ -565,9 +545,7 @@ async def test_deepgram_prerecorded_recognize(
     assert req.body[:4] == b"RIFF"
 
 
-async def test_deepgram_tts_chunked_and_streamed(
-    dg: DeepgramServerDouble, http: aiohttp.ClientSession
-) -> None:
+async def test_deepgram_tts_chunked_and_streamed(dg: DeepgramServerDouble, http: aiohttp.ClientSession) -> None:
     tts = deepgram.TTS(api_key="test", base_url=dg.speak_url, http_session=http)
     try:
         chunked: list[rtc.AudioFrame] = []
@@ -586,9 +564,7 @@ async def test_deepgram_tts_chunked_and_streamed(
         await tts.aclose()
 
     assert sum(f.duration for f in chunked) == pytest.approx(len("Hello there.") * 0.06, abs=0.05)
-    assert sum(f.duration for f in streamed) == pytest.approx(
-        len("How can I help you today?") * 0.06, abs=0.05
-    )
+    assert sum(f.duration for f in streamed) == pytest.approx(len("How can I help you today?") * 0.06, abs=0.05)
     assert all(f.sample_rate == 24_000 for f in chunked + streamed)
     assert dg.spoken_texts == ["Hello there.", "How can I help you today?"]
     assert [r.kind for r in dg.requests] == ["speak_http", "speak_ws"]

@@ -47,9 +47,7 @@ def test_outcome_requires_exactly_one_owner_and_a_sane_time_range() -> None:
 
 def test_datetimes_are_normalised_to_utc() -> None:
     paris = timezone(timedelta(hours=1))
-    outcome = _outcome(
-        started_at=datetime(2025, 3, 1, 13, 0, tzinfo=paris), ended_at=datetime(2025, 3, 1, 12, 1)
-    )
+    outcome = _outcome(started_at=datetime(2025, 3, 1, 13, 0, tzinfo=paris), ended_at=datetime(2025, 3, 1, 12, 1))
     assert outcome.started_at == T0 and outcome.started_at.tzinfo is UTC
     assert outcome.ended_at.tzinfo is UTC
 

@@ -60,17 +60,11 @@ def make_outcome(session_id: uuid.UUID, **overrides: object) -> SessionOutcome:
         "procedure": ProcedureChoice(
             id=uuid.uuid4(), name="Refunds", router_latency_ms=412.5, reason="asked for a refund"
         ),
-        "member_changes": [
-            MemberChange(at=T0 + timedelta(seconds=30), to_member_id=uuid.uuid4(), reason="billing")
-        ],
+        "member_changes": [MemberChange(at=T0 + timedelta(seconds=30), to_member_id=uuid.uuid4(), reason="billing")],
         "transcript": [
             TranscriptItem(role="assistant", text="Hello, how can I help?", created_at=T0),
-            TranscriptItem(
-                role="user", text="I want a refund for order 77.", created_at=T0 + timedelta(seconds=4)
-            ),
-            TranscriptItem(
-                role="assistant", text="Done.", created_at=T0 + timedelta(seconds=9), interrupted=True
-            ),
+            TranscriptItem(role="user", text="I want a refund for order 77.", created_at=T0 + timedelta(seconds=4)),
+            TranscriptItem(role="assistant", text="Done.", created_at=T0 + timedelta(seconds=9), interrupted=True),
         ],
         "turn_metrics": [
             TurnMetrics(
@@ -141,11 +135,7 @@ async def test_door_created_session_round_trips_through_start_and_completion(sto
     started = await store.mark_started(
         sid, session_type="live", revision_id=REVISION, agent_id=AGENT, end_user_id="user-42", started_at=T0
     )
-    assert (
-        started.status is SessionStatus.ACTIVE
-        and started.started_at == T0
-        and started.revision_id == REVISION
-    )
+    assert started.status is SessionStatus.ACTIVE and started.started_at == T0 and started.revision_id == REVISION
 
     outcome = make_outcome(sid)
     await store.complete(outcome)
@@ -232,9 +222,7 @@ async def test_memory_merge_dedupes_case_insensitively_keeps_newest_and_caps(
     assert await store.facts_for("someone-else") == []
 
 
-async def test_memory_older_than_retention_is_not_returned_and_is_pruned(
-    store: SessionStore, clock: FakeClock
-) -> None:
+async def test_memory_older_than_retention_is_not_returned_and_is_pruned(store: SessionStore, clock: FakeClock) -> None:
     s1, s2 = uuid.uuid4(), uuid.uuid4()
     await store.complete(make_outcome(s1))
     await store.complete(make_outcome(s2))
@@ -243,9 +231,7 @@ async def test_memory_older_than_retention_is_not_returned_and_is_pruned(
     assert await store.facts_for("user-42") == []
     await _finish_with_facts(store, s2, ["New fact."])
     assert await store.facts_for("user-42") == ["New fact."]
-    clock.advance(
-        days=-31
-    )  # seen from before it expired, the old row would show again had it not been deleted
+    clock.advance(days=-31)  # seen from before it expired, the old row would show again had it not been deleted
     assert await store.facts_for("user-42") == ["New fact."]
 
 
@@ -254,10 +240,7 @@ async def test_concurrent_merges_for_one_end_user_do_not_fail_or_duplicate(store
     for sid in sids:
         await store.complete(make_outcome(sid))
     await asyncio.gather(
-        *(
-            _finish_with_facts(store, sid, ["Shared fact.", f"Own fact {i}."], cap=10)
-            for i, sid in enumerate(sids)
-        )
+        *(_finish_with_facts(store, sid, ["Shared fact.", f"Own fact {i}."], cap=10) for i, sid in enumerate(sids))
     )
     facts = await store.facts_for("user-42")
     assert facts.count("Shared fact.") == 1
@@ -269,49 +252,30 @@ async def test_outbox_entry_is_written_with_the_record_and_never_requeued_once_d
 ) -> None:
     sid = uuid.uuid4()
     await store.complete(make_outcome(sid))
-    result = PostcallResult(
-        summary="s1", summary_state=SummaryState.COMPLETED, memory_state=MemoryState.SKIPPED
-    )
-    record = await store.finish_postcall(
-        sid, result, fact_cap=5, webhook_payload=lambda r: {"summary": r.summary}
-    )
+    result = PostcallResult(summary="s1", summary_state=SummaryState.COMPLETED, memory_state=MemoryState.SKIPPED)
+    record = await store.finish_postcall(sid, result, fact_cap=5, webhook_payload=lambda r: {"summary": r.summary})
     assert record.summary == "s1" and record.postcall_completed_at == clock.now
     entry = await store.outbox_entry(sid)
     assert entry is not None and entry.payload == {"summary": "s1"} and entry.attempts == 0
 
     # processed again before delivery: the entry carries the newest record, still once
-    result2 = PostcallResult(
-        summary="s2", summary_state=SummaryState.COMPLETED, memory_state=MemoryState.SKIPPED
-    )
+    result2 = PostcallResult(summary="s2", summary_state=SummaryState.COMPLETED, memory_state=MemoryState.SKIPPED)
     await store.finish_postcall(sid, result2, fact_cap=5, webhook_payload=lambda r: {"summary": r.summary})
     assert [e.payload for e in await store.undelivered_outbox()] == [{"summary": "s2"}]
 
     await store.mark_outbox_delivered(entry.id, at=clock.now)
-    result3 = PostcallResult(
-        summary="s3", summary_state=SummaryState.COMPLETED, memory_state=MemoryState.SKIPPED
-    )
+    result3 = PostcallResult(summary="s3", summary_state=SummaryState.COMPLETED, memory_state=MemoryState.SKIPPED)
     await store.finish_postcall(sid, result3, fact_cap=5, webhook_payload=lambda r: {"summary": r.summary})
     delivered = await store.outbox_entry(sid)
-    assert (
-        delivered is not None
-        and delivered.delivered_at == clock.now
-        and delivered.payload == {"summary": "s2"}
-    )
+    assert delivered is not None and delivered.delivered_at == clock.now and delivered.payload == {"summary": "s2"}
     assert await store.undelivered_outbox() == []
-    assert (
-        await store.claim_due_outbox(now=clock.now + timedelta(days=1), limit=10, lease=timedelta(seconds=5))
-        == []
-    )
+    assert await store.claim_due_outbox(now=clock.now + timedelta(days=1), limit=10, lease=timedelta(seconds=5)) == []
 
 
-async def test_a_claimed_outbox_entry_is_leased_until_the_lease_expires(
-    store: SessionStore, clock: FakeClock
-) -> None:
+async def test_a_claimed_outbox_entry_is_leased_until_the_lease_expires(store: SessionStore, clock: FakeClock) -> None:
     sid = uuid.uuid4()
     await store.complete(make_outcome(sid))
-    result = PostcallResult(
-        summary=None, summary_state=SummaryState.SKIPPED, memory_state=MemoryState.SKIPPED
-    )
+    result = PostcallResult(summary=None, summary_state=SummaryState.SKIPPED, memory_state=MemoryState.SKIPPED)
     await store.finish_postcall(sid, result, fact_cap=5, webhook_payload=lambda r: {"id": str(r.id)})
 
     lease = timedelta(seconds=40)

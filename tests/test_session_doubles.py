@@ -78,9 +78,7 @@ async def test_text_conversation_with_tool_call() -> None:
         assert greeting.text_content == "Hi, I can help with orders."
 
         result = await session.run(user_input="where is order 42?")
-        result.expect.next_event().is_function_call(
-            name="lookup_order", arguments={"order_id": "42"}
-        )
+        result.expect.next_event().is_function_call(name="lookup_order", arguments={"order_id": "42"})
         result.expect.next_event().is_function_call_output()
         answer = result.expect.next_event().is_message(role="assistant").event().item
         result.expect.no_more_events()
@@ -135,9 +133,7 @@ async def test_llm_retries_consume_the_script() -> None:
 
 async def test_fake_stt_and_tts_record_latencies() -> None:
     stt = FakeSTT(["order status"], latency_s=0.05)
-    frame = rtc.AudioFrame(
-        data=bytes(3200), sample_rate=16000, num_channels=1, samples_per_channel=1600
-    )
+    frame = rtc.AudioFrame(data=bytes(3200), sample_rate=16000, num_channels=1, samples_per_channel=1600)
     event = await stt.recognize(frame)
     assert event.alternatives[0].text == "order status"
     assert (await stt.recognize(frame)).alternatives[0].text == "Hello."
@@ -165,9 +161,7 @@ async def test_scripted_input_marks_end_of_speech() -> None:
     ended_after: list[int] = []  # frames delivered when each utterance's end was stamped
     while not inp.idle:
         frames.append(await inp.__anext__())
-        ended_after += [len(frames)] * (
-            sum(m.ended_at is not None for m in inp.speech) - len(ended_after)
-        )
+        ended_after += [len(frames)] * (sum(m.ended_at is not None for m in inp.speech) - len(ended_after))
     extra = await inp.__anext__()  # the open line keeps sending silence
 
     assert len(frames) == 50 and all(f.samples_per_channel == 160 for f in frames)
@@ -194,9 +188,7 @@ async def test_capturing_output_playout_and_barge_in() -> None:
     out.on("playback_finished", finished.append)
 
     def frame() -> rtc.AudioFrame:
-        return rtc.AudioFrame(
-            data=bytes(960), sample_rate=24000, num_channels=1, samples_per_channel=480
-        )
+        return rtc.AudioFrame(data=bytes(960), sample_rate=24000, num_channels=1, samples_per_channel=480)
 
     for _ in range(10):
         await out.capture_frame(frame())
@@ -312,9 +304,7 @@ async def test_barge_in_clears_agent_audio(speech_cache: Path, vad: VAD) -> None
     stt = FakeSTT([first, second], latency_s=0.1)
     # a long reply, so the caller talks over it
     tts = FakeTTS(ttfb_s=0.05, seconds_per_char=0.1)
-    fake_llm = FakeLLM(
-        ["This is a long answer about your order that goes on and on.", "Sure, go ahead."]
-    )
+    fake_llm = FakeLLM(["This is a long answer about your order that goes on and on.", "Sure, go ahead."])
     session = _voice_session(vad, stt, fake_llm, tts)
     session.input.audio = inp
     session.output.audio = out

@@ -171,7 +171,6 @@ def three_member_team(**billing_changes) -> Team:
     ids=["disabled-member", "missing-agent", "unknown-name"],
 )
 async def test_handoff_to_an_unavailable_member_lands_on_the_fallback(team, agents, requested, offered):
-
     def reply_for(who: str, chat_ctx: llm.ChatContext) -> Reply | None:
         last = chat_ctx.items[-1]
         if who == "sales" and last.type == "message" and last.role == "user":

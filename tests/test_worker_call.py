@@ -67,14 +67,18 @@ async def wait_for(predicate, timeout: float = 5.0) -> None:
 
 async def test_greeting_carries_the_seed_and_the_reply_comes_from_the_llm(settings: Settings):
     fake = FakeLLM(replies("Sure Dana, what is the order number?"))
-    services = CallServices(settings=settings, catalog=CatalogStore(EXAMPLE_CATALOG), session_kwargs=lambda _: {"llm": fake})
+    services = CallServices(
+        settings=settings, catalog=CatalogStore(EXAMPLE_CATALOG), session_kwargs=lambda _: {"llm": fake}
+    )
     session_id = uuid.uuid4()
     seeds = {"customer_name": "Dana", "tier": "GOLD", "order_count": "3"}
     with fake_job_context(job_metadata=metadata(settings, session_id=session_id, context_variables=seeds)) as ctx:
         call = await start_call(ctx, services, room=None)
         try:
             await wait_for(lambda: assistant_texts(call.session.history))
-            assert assistant_texts(call.session.history)[0] == "Hi Dana, thanks for calling Acme support. How can I help?"
+            assert (
+                assistant_texts(call.session.history)[0] == "Hi Dana, thanks for calling Acme support. How can I help?"
+            )
 
             result = await call.session.run(user_input="I want to return a blender")
             result.expect.next_event().is_message(role="assistant")
@@ -94,7 +98,9 @@ async def test_greeting_carries_the_seed_and_the_reply_comes_from_the_llm(settin
 
 async def test_unset_seeds_fall_back_to_the_revision_defaults(settings: Settings):
     fake = FakeLLM()
-    services = CallServices(settings=settings, catalog=CatalogStore(EXAMPLE_CATALOG), session_kwargs=lambda _: {"llm": fake})
+    services = CallServices(
+        settings=settings, catalog=CatalogStore(EXAMPLE_CATALOG), session_kwargs=lambda _: {"llm": fake}
+    )
     with fake_job_context(job_metadata=metadata(settings)) as ctx:
         call = await start_call(ctx, services, room=None)
         try:
@@ -107,7 +113,9 @@ async def test_unset_seeds_fall_back_to_the_revision_defaults(settings: Settings
 
 
 async def test_entrypoint_verifies_again(settings: Settings):
-    services = CallServices(settings=settings, catalog=CatalogStore(EXAMPLE_CATALOG), session_kwargs=lambda _: {"llm": FakeLLM()})
+    services = CallServices(
+        settings=settings, catalog=CatalogStore(EXAMPLE_CATALOG), session_kwargs=lambda _: {"llm": FakeLLM()}
+    )
     with (
         fake_job_context(job_metadata=metadata(settings, agent_id=uuid.uuid4())) as ctx,
         pytest.raises(DispatchRejected) as info,

@@ -44,7 +44,9 @@ def catalog_dir(tmp_path: Path) -> Path:
     target = tmp_path / "catalog"
     shutil.copytree(EXAMPLE_CATALOG, target)
     sales = target / "sales.yaml"
-    sales.write_text(sales.read_text().replace("enabled: true\nactive_revision_id", "enabled: false\nactive_revision_id", 1))
+    sales.write_text(
+        sales.read_text().replace("enabled: true\nactive_revision_id", "enabled: false\nactive_revision_id", 1)
+    )
     return target
 
 
@@ -123,8 +125,14 @@ def grant(secret: str = SIGNING_SECRET, **overrides: Any) -> str:
 def raw(**claims: Any) -> str:
     now = int(time.time())
     payload = {
-        "ver": 1, "iss": "voice-worker-door", "iat": now, "exp": now + 300, "session_id": str(uuid.uuid4()),
-        "session_type": "test", "agent_id": str(SUPPORT), "context_variables": {},
+        "ver": 1,
+        "iss": "voice-worker-door",
+        "iat": now,
+        "exp": now + 300,
+        "session_id": str(uuid.uuid4()),
+        "session_type": "test",
+        "agent_id": str(SUPPORT),
+        "context_variables": {},
     }
     payload.update(claims)
     payload = {k: v for k, v in payload.items() if v is not None}

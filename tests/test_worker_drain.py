@@ -100,9 +100,7 @@ def database_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def worker(
-    lk: LiveKitServerDouble, receiver: WebhookReceiver, database_url: str, tmp_path: Path
-) -> Iterator[Worker]:
+def worker(lk: LiveKitServerDouble, receiver: WebhookReceiver, database_url: str, tmp_path: Path) -> Iterator[Worker]:
     metrics_port = reserve_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS_", "LIVEKIT_"))},

@@ -89,7 +89,11 @@ async def run_call(settings, store, models, *, session_type: str, end_user_id: s
 async def test_live_call_is_summarised_remembered_and_recalled(settings, store):
     models = PostcallModels()
     _call, record = await run_call(
-        settings, store, models, session_type="live", end_user_id="user-42",
+        settings,
+        store,
+        models,
+        session_type="live",
+        end_user_id="user-42",
         utterances=["I want to return my blender", "It arrived broken"],
     )
     assert record is not None
@@ -97,12 +101,17 @@ async def test_live_call_is_summarised_remembered_and_recalled(settings, store):
     assert record.summary == "The caller returned a blender; refund explained."
     assert record.memory_state == "synced"
     assert record.procedure is not None and record.procedure.name == "refund_request"
-    assert [t.text for t in record.transcript if t.role == "user"] == ["I want to return my blender", "It arrived broken"]
+    assert [t.text for t in record.transcript if t.role == "user"] == [
+        "I want to return my blender",
+        "It arrived broken",
+    ]
     assert record.revision_id == uuid.UUID("7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e02")
     assert await store.facts_for("user-42") == ["Returned a blender in March"]
 
     # The next live call of the same caller starts with what we know.
-    second, _ = await run_call(settings, store, PostcallModels(), session_type="live", end_user_id="user-42", utterances=["hi"])
+    second, _ = await run_call(
+        settings, store, PostcallModels(), session_type="live", end_user_id="user-42", utterances=["hi"]
+    )
     system_texts = [m.text_content or "" for m in second.session.history.messages() if m.role == "system"]
     agent_system = [m.text_content or "" for m in second.agent.chat_ctx.messages() if m.role == "system"]
     assert any("Returned a blender in March" in t for t in system_texts + agent_system)
@@ -110,7 +119,9 @@ async def test_live_call_is_summarised_remembered_and_recalled(settings, store):
 
 async def test_test_session_calls_no_model_and_leaves_memory_alone(settings, store):
     models = PostcallModels()
-    await run_call(settings, store, models, session_type="live", end_user_id="user-7", utterances=["refund please", "thanks"])
+    await run_call(
+        settings, store, models, session_type="live", end_user_id="user-7", utterances=["refund please", "thanks"]
+    )
     before = await store.memory_facts("user-7")
     models = PostcallModels()
     call, record = await run_call(

@@ -105,7 +105,9 @@ def admit(
         try:
             # The door's bounds, so a value the door let through is never refused here (and vice versa).
             limits = ValueLimits(
-                settings.context_var_max_string_chars, settings.context_var_max_abs_int, settings.context_var_max_abs_float
+                settings.context_var_max_string_chars,
+                settings.context_var_max_abs_int,
+                settings.context_var_max_abs_float,
             )
             seeds = coerce_seeds(revision.context_variables, seeds, limits)
         except ContextVarErrors as exc:

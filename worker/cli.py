@@ -313,7 +313,11 @@ def _inspect_dispatch(args: argparse.Namespace) -> int:
     report = {
         "accepted": True,
         "claims": claims.model_dump(mode="json", exclude_none=True),
-        "agent": {"id": str(admission.agent.id), "name": admission.agent.name, "revision_id": str(admission.revision.id)},
+        "agent": {
+            "id": str(admission.agent.id),
+            "name": admission.agent.name,
+            "revision_id": str(admission.revision.id),
+        },
         "team": {"id": str(admission.team.id), "name": admission.team.name} if admission.team else None,
         "seeds": admission.seeds,
     }

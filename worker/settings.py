@@ -110,17 +110,11 @@ class Settings(BaseSettings):
     # All request headers together (uvicorn's h11 buffer); beyond it the connection gets a bare 400.
     door_max_header_bytes: int = Field(16_384, ge=4_096, le=1_048_576, validation_alias="DOOR_MAX_HEADER_BYTES")
     door_max_api_key_chars: int = Field(256, ge=32, le=4_096, validation_alias="DOOR_MAX_API_KEY_CHARS")
-    door_idempotency_key_max_chars: int = Field(
-        255, ge=16, le=1_024, validation_alias="DOOR_IDEMPOTENCY_KEY_MAX_CHARS"
-    )
+    door_idempotency_key_max_chars: int = Field(255, ge=16, le=1_024, validation_alias="DOOR_IDEMPOTENCY_KEY_MAX_CHARS")
     door_max_context_vars: int = Field(64, ge=1, le=1_000, validation_alias="DOOR_MAX_CONTEXT_VARS")
     # Defaults for context variables whose ContextVarSpec declares no bound of its own (catalog/context_vars.py).
-    context_var_max_string_chars: int = Field(
-        1_024, ge=1, le=100_000, validation_alias="CONTEXT_VAR_MAX_STRING_CHARS"
-    )
-    context_var_max_abs_int: int = Field(
-        2**53 - 1, ge=1, le=2**63 - 1, validation_alias="CONTEXT_VAR_MAX_ABS_INT"
-    )
+    context_var_max_string_chars: int = Field(1_024, ge=1, le=100_000, validation_alias="CONTEXT_VAR_MAX_STRING_CHARS")
+    context_var_max_abs_int: int = Field(2**53 - 1, ge=1, le=2**63 - 1, validation_alias="CONTEXT_VAR_MAX_ABS_INT")
     context_var_max_abs_float: float = Field(1e15, gt=0, le=1e308, validation_alias="CONTEXT_VAR_MAX_ABS_FLOAT")
     # The browser token travels in the WebSocket URL to LiveKit: stay far below livekit-server's limits (512 KiB
     # metadata, 1 MiB of request headers) and under the 8 KiB request line of common reverse proxies.
@@ -222,11 +216,7 @@ class Settings(BaseSettings):
                 f"DISPATCH_SIGNING_SECRET is shorter than {_MIN_SIGNING_SECRET_LEN} characters: "
                 f"{how['DISPATCH_SIGNING_SECRET']}"
             )
-        if (
-            signing
-            and self.livekit_api_secret is not None
-            and signing == self.livekit_api_secret.get_secret_value()
-        ):
+        if signing and self.livekit_api_secret is not None and signing == self.livekit_api_secret.get_secret_value():
             problems.append(
                 "DISPATCH_SIGNING_SECRET equals LIVEKIT_API_SECRET; use a distinct secret so a leaked "
                 "LiveKit secret cannot forge dispatches"

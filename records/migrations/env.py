@@ -28,9 +28,7 @@ def _database_url() -> str:
 
 def _run(connection: Connection) -> None:
     # batch mode lets later migrations alter SQLite tables (SQLite has almost no ALTER TABLE)
-    context.configure(
-        connection=connection, target_metadata=metadata, render_as_batch=True, compare_type=True
-    )
+    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True, compare_type=True)
     with context.begin_transaction():
         context.run_migrations()
 

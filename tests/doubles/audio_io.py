@@ -114,13 +114,9 @@ class ScriptedAudioInput(io.AudioInput):
     def enqueue(self, *segments: Clip | float) -> None:
         """Queue more caller audio; it starts at the next frame if the line is idle."""
         for segment in segments:
-            clip = (
-                silence(segment, self.sample_rate) if isinstance(segment, (int, float)) else segment
-            )
+            clip = silence(segment, self.sample_rate) if isinstance(segment, (int, float)) else segment
             if clip.sample_rate != self.sample_rate:
-                raise ValueError(
-                    f"clip at {clip.sample_rate} Hz, input runs at {self.sample_rate} Hz"
-                )
+                raise ValueError(f"clip at {clip.sample_rate} Hz, input runs at {self.sample_rate} Hz")
             # whole frames only, so no frame ever straddles two queued chunks
             pad = -len(clip.pcm) % self._frame_samples
             pcm = np.concatenate([clip.pcm, np.zeros(pad, dtype=np.int16)]) if pad else clip.pcm
@@ -149,9 +145,7 @@ class ScriptedAudioInput(io.AudioInput):
         return self._delivered >= self._queue_end
 
     async def wait_for_speech_end(self, index: int, timeout: float | None = None) -> SpeechMark:
-        await self._waiters.until(
-            lambda: index < len(self.speech) and self.speech[index].ended_at is not None, timeout
-        )
+        await self._waiters.until(lambda: index < len(self.speech) and self.speech[index].ended_at is not None, timeout)
         return self.speech[index]
 
     async def wait_idle(self, timeout: float | None = None) -> None:
@@ -286,9 +280,7 @@ class CapturingAudioOutput(io.AudioOutput):
             return
         seg.flushed_at = time.time()
         self._playing = seg
-        self._playout_task = asyncio.create_task(
-            self._play_out(seg), name="CapturingAudioOutput.play_out"
-        )
+        self._playout_task = asyncio.create_task(self._play_out(seg), name="CapturingAudioOutput.play_out")
 
     def clear_buffer(self) -> None:
         self.clear_count += 1

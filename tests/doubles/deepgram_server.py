@@ -60,9 +60,7 @@ class ListenSession:
         return [
             m["channel"]["alternatives"][0]["transcript"]
             for m in self.sent
-            if m["type"] == "Results"
-            and m["is_final"]
-            and m["channel"]["alternatives"][0]["transcript"]
+            if m["type"] == "Results" and m["is_final"] and m["channel"]["alternatives"][0]["transcript"]
         ]
 
 
@@ -153,9 +151,7 @@ class DeepgramServerDouble(LoopbackServer):
             with wave.open(io.BytesIO(body), "rb") as w:
                 duration = w.getnframes() / float(w.getframerate())
         except (wave.Error, EOFError):
-            return _dg_error(
-                400, "Bad Request: failed to process audio: corrupt or unsupported data", request_id
-            )
+            return _dg_error(400, "Bad Request: failed to process audio: corrupt or unsupported data", request_id)
         utt = self.next_utterance()
         alternative = {
             "transcript": utt.text,
@@ -178,9 +174,7 @@ class DeepgramServerDouble(LoopbackServer):
         )
 
     def next_utterance(self) -> Utterance:
-        return (
-            self._utterances.popleft() if self._utterances else Utterance(self.default_transcript)
-        )
+        return self._utterances.popleft() if self._utterances else Utterance(self.default_transcript)
 
     def peek_utterance(self) -> Utterance:
         return self._utterances[0] if self._utterances else Utterance(self.default_transcript)
@@ -209,9 +203,7 @@ class DeepgramServerDouble(LoopbackServer):
         self.spoken_texts.append(text)
         if not await self._sleep(self.tts_ttfb_ms):
             return _dg_error(503, "server shutting down", request_id)
-        resp = web.StreamResponse(
-            headers={"Content-Type": "audio/l16", "dg-request-id": request_id}
-        )
+        resp = web.StreamResponse(headers={"Content-Type": "audio/l16", "dg-request-id": request_id})
         await resp.prepare(request)
         try:
             for chunk in _chunks(self._render(text, sample_rate), sample_rate // 10 * 2):
@@ -221,9 +213,7 @@ class DeepgramServerDouble(LoopbackServer):
             pass
         return resp
 
-    async def _speak_ws(
-        self, request: web.Request, request_id: str, sample_rate: int
-    ) -> web.WebSocketResponse:
+    async def _speak_ws(self, request: web.Request, request_id: str, sample_rate: int) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         model = request.query.get("model", "aura-2-andromeda-en")
@@ -251,9 +241,7 @@ class DeepgramServerDouble(LoopbackServer):
                     self.spoken_texts.append(text.strip())
                     if not await self._sleep(self.tts_ttfb_ms):
                         break
-                    for chunk in _chunks(
-                        self._render(text.strip(), sample_rate), sample_rate // 10 * 2
-                    ):
+                    for chunk in _chunks(self._render(text.strip(), sample_rate), sample_rate // 10 * 2):
                         await ws.send_bytes(chunk)
                 await ws.send_json({"type": "Flushed", "sequence_id": next(sequence)})
             elif kind == "Clear":
@@ -262,9 +250,7 @@ class DeepgramServerDouble(LoopbackServer):
             elif kind == "Close":
                 break
             else:
-                await ws.send_json(
-                    {"type": "Warning", "warn_code": "UNKNOWN_MESSAGE_TYPE", "warn_msg": kind}
-                )
+                await ws.send_json({"type": "Warning", "warn_code": "UNKNOWN_MESSAGE_TYPE", "warn_msg": kind})
         await ws.close()
         return ws
 
@@ -275,14 +261,9 @@ class DeepgramServerDouble(LoopbackServer):
     # -- helpers ---------------------------------------------------------------------------------
 
     def _record(self, request: web.Request, kind: str, body: bytes) -> None:
-        headers = {
-            k: (_REDACTED if k.lower() == "authorization" else v)
-            for k, v in request.headers.items()
-        }
+        headers = {k: (_REDACTED if k.lower() == "authorization" else v) for k, v in request.headers.items()}
         self.requests.append(
-            DeepgramRequest(
-                kind=kind, path=request.path, query=dict(request.query), headers=headers, body=body
-            )
+            DeepgramRequest(kind=kind, path=request.path, query=dict(request.query), headers=headers, body=body)
         )
 
     def _take_rejection(self, path: str) -> web.Response | None:
@@ -304,9 +285,7 @@ class DeepgramServerDouble(LoopbackServer):
 class _ListenConnection:
     """One streaming-STT websocket: segments incoming linear16 audio by energy in 10 ms windows."""
 
-    def __init__(
-        self, server: DeepgramServerDouble, ws: web.WebSocketResponse, session: ListenSession
-    ) -> None:
+    def __init__(self, server: DeepgramServerDouble, ws: web.WebSocketResponse, session: ListenSession) -> None:
         q = session.query
         self._server = server
         self._ws = ws
@@ -384,17 +363,11 @@ class _ListenConnection:
             self._interim_sent = False
             self._awaiting_utterance_end = False
             if self._vad_events:
-                await self._send(
-                    {"type": "SpeechStarted", "channel": [0], "timestamp": round(start, 3)}
-                )
+                await self._send({"type": "SpeechStarted", "channel": [0], "timestamp": round(start, 3)})
         self._silence_ms = 0
         self._voiced_ms += 10
         self._last_voice_end = self._t
-        if (
-            self._interim
-            and not self._interim_sent
-            and self._voiced_ms >= self._server.interim_after_ms
-        ):
+        if self._interim and not self._interim_sent and self._voiced_ms >= self._server.interim_after_ms:
             self._interim_sent = True
             utt = self._server.peek_utterance()
             words = utt.text.split()
@@ -419,18 +392,12 @@ class _ListenConnection:
             if from_finalize:
                 # Deepgram answers a Finalize with nothing pending by an empty final result.
                 await self._send(
-                    self._results(
-                        Utterance("", 0.0), is_final=True, speech_final=False, from_finalize=True
-                    )
+                    self._results(Utterance("", 0.0), is_final=True, speech_final=False, from_finalize=True)
                 )
             return
         self._in_speech = False
         utt = self._server.next_utterance()
-        await self._send(
-            self._results(
-                utt, is_final=True, speech_final=speech_final, from_finalize=from_finalize
-            )
-        )
+        await self._send(self._results(utt, is_final=True, speech_final=speech_final, from_finalize=from_finalize))
 
     async def _send_utterance_end(self) -> None:
         self._awaiting_utterance_end = False

@@ -1,9 +1,9 @@
 """The two seed API documents, parsed at test time, and validators for every response the door gives.
 
-The seeds (the directory `$VOICE_WORKER_SEEDS_DIR` names, else `../shared/seeds` beside the checkout) are Markdown pages with the OpenAPI excerpt
-inside a ```` fence; the YAML between the fences is the contract. When the seed directory is on the machine
-the tests read the documents themselves; elsewhere (a fresh CI machine) they read the verbatim copies in
-tests/contracts/, which a test compares with the seeds whenever both are present.
+The seeds (the directory `$VOICE_WORKER_SEEDS_DIR` names, else `../shared/seeds` beside the checkout) are
+Markdown pages with the OpenAPI excerpt inside a ```` fence; the YAML between the fences is the contract. When
+the seed directory is there the tests read the documents themselves; elsewhere they read the verbatim copies in
+tests/contracts/, which a test compares with the seeds whenever both are present (on CI always).
 """
 
 from __future__ import annotations

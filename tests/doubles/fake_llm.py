@@ -100,15 +100,11 @@ def echo_reply(chat_ctx: llm.ChatContext, tools: list[llm.Tool]) -> Reply:
 
 
 def _record_messages(chat_ctx: llm.ChatContext) -> tuple[RecordedMessage, ...]:
-    return tuple(
-        RecordedMessage(role=msg.role, text=msg.text_content or "") for msg in chat_ctx.messages()
-    )
+    return tuple(RecordedMessage(role=msg.role, text=msg.text_content or "") for msg in chat_ctx.messages())
 
 
 def _instructions(chat_ctx: llm.ChatContext) -> str | None:
-    parts = [
-        msg.text_content or "" for msg in chat_ctx.messages() if msg.role in ("system", "developer")
-    ]
+    parts = [msg.text_content or "" for msg in chat_ctx.messages() if msg.role in ("system", "developer")]
     return "\n".join(parts) if parts else None
 
 
@@ -179,9 +175,7 @@ class FakeLLM(llm.LLM):
             tool_calls=produced.tool_calls,
             ttft_s=self._default_ttft_s if produced.ttft_s is None else produced.ttft_s,
             token_interval_s=(
-                self._default_token_interval_s
-                if produced.token_interval_s is None
-                else produced.token_interval_s
+                self._default_token_interval_s if produced.token_interval_s is None else produced.token_interval_s
             ),
             error=produced.error,
         )
@@ -209,9 +203,7 @@ class FakeLLMStream(llm.LLMStream):
             instructions=_instructions(self._chat_ctx),
             tool_names=tuple(tool.id for tool in self._tools),
             tool_outputs=tuple(
-                (item.name, item.output)
-                for item in self._chat_ctx.items
-                if isinstance(item, llm.FunctionCallOutput)
+                (item.name, item.output) for item in self._chat_ctx.items if isinstance(item, llm.FunctionCallOutput)
             ),
             reply=reply,
         )

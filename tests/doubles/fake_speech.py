@@ -109,9 +109,7 @@ class FakeSTT(stt.STT):
             request_id=f"fake-stt-{request.index}",
             alternatives=[
                 stt.SpeechData(
-                    language=LanguageCode(
-                        language if isinstance(language, str) else self._language
-                    ),
+                    language=LanguageCode(language if isinstance(language, str) else self._language),
                     text=request.transcript,
                     confidence=1.0,
                 )
@@ -192,9 +190,7 @@ class FakeChunkedStream(tts.ChunkedStream):
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         fake = self._fake
-        request = TTSRequest(
-            index=len(fake.requests), text=self._input_text, requested_at=time.time()
-        )
+        request = TTSRequest(index=len(fake.requests), text=self._input_text, requested_at=time.time())
         fake.requests.append(request)
         try:
             output_emitter.initialize(

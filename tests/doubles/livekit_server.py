@@ -232,13 +232,9 @@ class LiveKitServerDouble(LoopbackServer):
         await self.wait_for(lambda: len(self.worker_statuses) > seen, timeout)
         return self.worker_statuses[-1]
 
-    async def wait_job_status(
-        self, job_id: str, status: str, timeout: float = 10.0
-    ) -> JobStatusUpdate:
+    async def wait_job_status(self, job_id: str, status: str, timeout: float = 10.0) -> JobStatusUpdate:
         def _match() -> JobStatusUpdate | None:
-            return next(
-                (u for u in self.job_statuses if u.job_id == job_id and u.status == status), None
-            )
+            return next((u for u in self.job_statuses if u.job_id == job_id and u.status == status), None)
 
         await self.wait_for(lambda: _match() is not None, timeout)
         found = _match()
@@ -349,9 +345,7 @@ class LiveKitServerDouble(LoopbackServer):
             raise RuntimeError("no registered worker is connected")
         return next(reversed(self._connections.values()))
 
-    def _agent_token(
-        self, room_name: str, answer: AvailabilityAnswer, registration: Registration
-    ) -> str:
+    def _agent_token(self, room_name: str, answer: AvailabilityAnswer, registration: Registration) -> str:
         perms = registration.permissions
         attributes = dict(answer.participant_attributes)
         attributes[AGENT_NAME_ATTRIBUTE] = registration.agent_name
@@ -421,9 +415,7 @@ class LiveKitServerDouble(LoopbackServer):
                 self.disconnections.append((conn.registration.worker_id, time.monotonic()))
                 for offer in self._offers.values():
                     if offer.worker_id == conn.registration.worker_id and not offer.answer.done():
-                        offer.answer.set_exception(
-                            ConnectionError(f"worker {offer.worker_id} disconnected")
-                        )
+                        offer.answer.set_exception(ConnectionError(f"worker {offer.worker_id} disconnected"))
                 self._notify()
             return ws
         finally:
@@ -472,9 +464,7 @@ class LiveKitServerDouble(LoopbackServer):
         )
         await conn.send(
             agent.ServerMessage(
-                register=agent.RegisterWorkerResponse(
-                    worker_id=registration.worker_id, server_info=server_info
-                )
+                register=agent.RegisterWorkerResponse(worker_id=registration.worker_id, server_info=server_info)
             )
         )
         self._connections[registration.worker_id] = conn
@@ -519,16 +509,12 @@ class LiveKitServerDouble(LoopbackServer):
             elif kind == "ping":
                 await conn.send(
                     agent.ServerMessage(
-                        pong=agent.WorkerPong(
-                            last_timestamp=msg.ping.timestamp, timestamp=int(time.time() * 1000)
-                        )
+                        pong=agent.WorkerPong(last_timestamp=msg.ping.timestamp, timestamp=int(time.time() * 1000))
                     )
                 )
             elif kind is not None:
                 self.other_messages.append(
-                    WorkerMessageRecord(
-                        worker_id=worker_id, kind=kind, message=msg, received_at=now
-                    )
+                    WorkerMessageRecord(worker_id=worker_id, kind=kind, message=msg, received_at=now)
                 )
             self._notify()
 

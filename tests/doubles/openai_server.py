@@ -115,9 +115,7 @@ class RecordedRequest:
     @property
     def system_prompt(self) -> str:
         return "\n".join(
-            _content_text(m.get("content"))
-            for m in self.messages
-            if m.get("role") in ("system", "developer")
+            _content_text(m.get("content")) for m in self.messages if m.get("role") in ("system", "developer")
         )
 
     @property
@@ -222,12 +220,8 @@ class OpenAIServerDouble(LoopbackServer):
     ) -> None:
         self._speech.set_responder(model, fn)
 
-    def script_transcription(
-        self, *replies: Scripted[TranscriptionReply] | str, model: str | None = None
-    ) -> None:
-        self._transcription.push(
-            model, [TranscriptionReply(text=r) if isinstance(r, str) else r for r in replies]
-        )
+    def script_transcription(self, *replies: Scripted[TranscriptionReply] | str, model: str | None = None) -> None:
+        self._transcription.push(model, [TranscriptionReply(text=r) if isinstance(r, str) else r for r in replies])
 
     def set_transcription_responder(
         self, fn: Callable[[dict[str, Any]], TranscriptionReply] | None, *, model: str | None = None
@@ -239,14 +233,8 @@ class OpenAIServerDouble(LoopbackServer):
 
     # -- inspection ------------------------------------------------------------------------------
 
-    def requests_for(
-        self, *, path: str | None = None, model: str | None = None
-    ) -> list[RecordedRequest]:
-        return [
-            r
-            for r in self.requests
-            if (path is None or r.path == path) and (model is None or r.model == model)
-        ]
+    def requests_for(self, *, path: str | None = None, model: str | None = None) -> list[RecordedRequest]:
+        return [r for r in self.requests if (path is None or r.path == path) and (model is None or r.model == model)]
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:
@@ -269,9 +257,7 @@ class OpenAIServerDouble(LoopbackServer):
         return web.json_response(
             {
                 "object": "list",
-                "data": [
-                    {"id": m, "object": "model", "created": 0, "owned_by": "double"} for m in seen
-                ],
+                "data": [{"id": m, "object": "model", "created": 0, "owned_by": "double"} for m in seen],
             }
         )
 
@@ -284,9 +270,7 @@ class OpenAIServerDouble(LoopbackServer):
         if not model or not isinstance(body.get("messages"), list):
             return _error(400, "model and messages are required", "invalid_request_error")
 
-        reply = self._chat.take(model, body) or Reply(
-            text=f"You said: {_last_user_text(body['messages'])}"
-        )
+        reply = self._chat.take(model, body) or Reply(text=f"You said: {_last_user_text(body['messages'])}")
         if reply.hang:
             await self._closing.wait()
             return _error(503, "server shutting down", "server_error")
@@ -323,9 +307,7 @@ class OpenAIServerDouble(LoopbackServer):
                 "created": created,
                 "model": model,
                 "system_fingerprint": "fp_double",
-                "choices": [
-                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-                ],
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
             }
             if include_usage:
                 out["usage"] = None
@@ -423,9 +405,7 @@ class OpenAIServerDouble(LoopbackServer):
             return _error(400, "model and input are required", "invalid_request_error")
         response_format = body.get("response_format", "mp3")
         if response_format not in _AUDIO_FORMATS:
-            return _error(
-                400, f"unsupported response_format {response_format!r}", "invalid_request_error"
-            )
+            return _error(400, f"unsupported response_format {response_format!r}", "invalid_request_error")
 
         reply = self._speech.take(model, body) or SpeechReply()
         if reply.hang:
@@ -440,10 +420,7 @@ class OpenAIServerDouble(LoopbackServer):
         if duration is None:
             duration = max(self.min_speech_s, len(text) * self.speech_seconds_per_char)
         audio = encode_audio(tone(duration), response_format)
-        chunks = [
-            audio[i : i + self.speech_chunk_bytes]
-            for i in range(0, len(audio), self.speech_chunk_bytes)
-        ]
+        chunks = [audio[i : i + self.speech_chunk_bytes] for i in range(0, len(audio), self.speech_chunk_bytes)]
         sse = body.get("stream_format") == "sse"
         request_id = f"req_speech{next(self._ids)}"
         resp = web.StreamResponse(
@@ -502,9 +479,7 @@ class OpenAIServerDouble(LoopbackServer):
         if not model or not audio:
             return _error(400, "model and file are required", "invalid_request_error")
 
-        reply = self._transcription.take(model, fields) or TranscriptionReply(
-            text=self.default_transcript
-        )
+        reply = self._transcription.take(model, fields) or TranscriptionReply(text=self.default_transcript)
         if reply.hang:
             await self._closing.wait()
             return _error(503, "server shutting down", "server_error")
@@ -548,8 +523,7 @@ class OpenAIServerDouble(LoopbackServer):
         file: bytes | None = None,
     ) -> None:
         headers = {
-            k: (_REDACTED if k.lower() in ("authorization", "api-key") else v)
-            for k, v in request.headers.items()
+            k: (_REDACTED if k.lower() in ("authorization", "api-key") else v) for k, v in request.headers.items()
         }
         self.requests.append(
             RecordedRequest(
@@ -593,9 +567,7 @@ def tone(duration_s: float, *, sample_rate: int = SPEECH_SAMPLE_RATE, freq: floa
     return (np.sin(2 * np.pi * freq * t) * 0.3 * 32767).astype("<i2").tobytes()
 
 
-def encode_audio(
-    pcm: bytes, response_format: str, *, sample_rate: int = SPEECH_SAMPLE_RATE
-) -> bytes:
+def encode_audio(pcm: bytes, response_format: str, *, sample_rate: int = SPEECH_SAMPLE_RATE) -> bytes:
     if response_format == "pcm":
         return pcm
     if response_format == "wav":
@@ -646,9 +618,7 @@ def _content_text(content: Any) -> str:
         return content
     if isinstance(content, list):
         return " ".join(
-            part.get("text", "")
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
+            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
         )
     return ""
 
@@ -673,9 +643,7 @@ def _finish_reason(reply: Reply) -> str:
 
 def _usage(messages: Sequence[dict[str, Any]], reply: Reply) -> dict[str, Any]:
     prompt = sum(len(_tokens(_content_text(m.get("content")))) + 4 for m in messages)
-    completion = len(_tokens(reply.text)) + sum(
-        len(_tokens(c.arguments_json())) + 1 for c in reply.tool_calls
-    )
+    completion = len(_tokens(reply.text)) + sum(len(_tokens(c.arguments_json())) + 1 for c in reply.tool_calls)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -685,9 +653,7 @@ def _usage(messages: Sequence[dict[str, Any]], reply: Reply) -> dict[str, Any]:
     }
 
 
-def _completion(
-    completion_id: str, model: str, reply: Reply, usage: dict[str, Any]
-) -> dict[str, Any]:
+def _completion(completion_id: str, model: str, reply: Reply, usage: dict[str, Any]) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
         "content": reply.text if reply.text or not reply.tool_calls else None,

@@ -60,9 +60,7 @@ class PostgresServer:
         name = f"vw_test_{uuid.uuid4().hex[:16]}"
         with psycopg.connect(_libpq_url(self.admin_dsn), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        return _sqlalchemy_url(
-            make_url(self.admin_dsn).set(database=name).render_as_string(hide_password=False)
-        )
+        return _sqlalchemy_url(make_url(self.admin_dsn).set(database=name).render_as_string(hide_password=False))
 
     def drop_database(self, url: str) -> None:
         name = make_url(url).database

@@ -39,8 +39,7 @@ __all__ = [
 
 SUPPORTED_RATES = (16000, 48000)
 ESPEAK_MISSING_REASON = (
-    "espeak-ng is not installed; speech fixtures are synthesised locally "
-    "(install with: apt-get install -y espeak-ng)"
+    "espeak-ng is not installed; speech fixtures are synthesised locally (install with: apt-get install -y espeak-ng)"
 )
 
 
@@ -97,9 +96,7 @@ def write_wav(path: Path, pcm: np.ndarray, sample_rate: int) -> Path:
 def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     if from_rate == to_rate:
         return pcm.astype(np.int16, copy=True)
-    resampler = rtc.AudioResampler(
-        from_rate, to_rate, num_channels=1, quality=rtc.AudioResamplerQuality.HIGH
-    )
+    resampler = rtc.AudioResampler(from_rate, to_rate, num_channels=1, quality=rtc.AudioResamplerQuality.HIGH)
     frame = rtc.AudioFrame(
         data=np.ascontiguousarray(pcm, dtype=np.int16).tobytes(),
         sample_rate=from_rate,
@@ -139,9 +136,7 @@ def synthesize_speech(
     cached = Path(cache_dir) / f"espeak-{key[:24]}.wav"
     if cached.exists():
         pcm, rate = read_wav(cached)
-        return Clip(
-            pcm=pcm, sample_rate=rate, speech_spans=((0.0, len(pcm) / rate),), texts=(text,)
-        )
+        return Clip(pcm=pcm, sample_rate=rate, speech_spans=((0.0, len(pcm) / rate),), texts=(text,))
 
     exe = shutil.which("espeak-ng")
     if exe is None:

@@ -84,9 +84,7 @@ class WebhookReceiver:
         ts, sig = headers.get(TIMESTAMP_HEADER, ""), headers.get(SIGNATURE_HEADER, "")
         if not ts.isdigit() or abs(time.time() - int(ts)) > self.tolerance_s:
             return False
-        expected = (
-            "v1=" + hmac.new(self.secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-        )
+        expected = "v1=" + hmac.new(self.secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
         return hmac.compare_digest(expected, sig)
 
     async def _handle(self, request: web.Request) -> web.Response:
@@ -104,9 +102,7 @@ class WebhookReceiver:
             status = self._failure_status
         else:
             status = 204
-        self.requests.append(
-            ReceivedRequest(body=body, headers=headers, signature_valid=valid, status=status)
-        )
+        self.requests.append(ReceivedRequest(body=body, headers=headers, signature_valid=valid, status=status))
         assert self._changed is not None
         async with self._changed:
             self._changed.notify_all()

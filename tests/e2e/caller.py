@@ -104,9 +104,7 @@ class Caller:
                     speaking = False
                     self.speech_ends.append(time.monotonic())
                     self._spoken.set()
-            await self._source.capture_frame(
-                rtc.AudioFrame(frame.tobytes(), SAMPLE_RATE, 1, SAMPLES_PER_FRAME)
-            )
+            await self._source.capture_frame(rtc.AudioFrame(frame.tobytes(), SAMPLE_RATE, 1, SAMPLES_PER_FRAME))
             next_at += FRAME_MS / 1000
             delay = next_at - time.monotonic()
             if delay > 0:

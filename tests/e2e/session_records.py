@@ -27,4 +27,3 @@ async def wait_for_record(
         raise AssertionError(f"session {session_id} not completed within {timeout} s: {record!r}")
     finally:
         await store.aclose()
-

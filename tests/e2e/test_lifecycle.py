@@ -29,7 +29,9 @@ SERVER_DEPARTURE_S = 40.0
 
 
 def _accepted_rooms(worker: WorkerProcess) -> list[str]:
-    return [str(r["message"]) for r in worker.log_records() if str(r.get("message", "")).startswith("dispatch accepted")]
+    return [
+        str(r["message"]) for r in worker.log_records() if str(r.get("message", "")).startswith("dispatch accepted")
+    ]
 
 
 def _start_worker(world: WorkerEnv, log: Path) -> WorkerProcess:
@@ -110,7 +112,9 @@ async def test_sigkill_mid_call_ends_the_call_and_a_restart_serves_new_calls(
         # caller sees the agent leave. SERVER_DEPARTURE_S bounds that window with room to spare on a busy machine.
         deadline = killed_at + SERVER_DEPARTURE_S
         while await _agents_in(world, held["room_name"]):
-            assert time.monotonic() < deadline, f"the killed worker's agent is still in the room after {SERVER_DEPARTURE_S} s"
+            assert time.monotonic() < deadline, (
+                f"the killed worker's agent is still in the room after {SERVER_DEPARTURE_S} s"
+            )
             await asyncio.sleep(0.25)
         agent_gone_s = time.monotonic() - killed_at
         # No re-dispatch on a self-hosted server: the room stays without an agent.
@@ -121,8 +125,10 @@ async def test_sigkill_mid_call_ends_the_call_and_a_restart_serves_new_calls(
         # nobody was left to finish the record: it stays started, without an end (docs/real-livekit.md)
         record = await wait_for_record(world.database_url, held["session_id"], ended=False)
         assert record.started_at is not None and record.end_reason is None
-        print(f"SIGKILL: job processes gone after {children_gone_s:.1f} s, agent removed by LiveKit after "
-              f"{agent_gone_s:.1f} s, no re-dispatch")
+        print(
+            f"SIGKILL: job processes gone after {children_gone_s:.1f} s, agent removed by LiveKit after "
+            f"{agent_gone_s:.1f} s, no re-dispatch"
+        )
     finally:
         await caller.hang_up()
         worker.stop()

@@ -25,7 +25,9 @@ from worker.dispatch import DispatchRequest, mint_dispatch_metadata
 NO_AGENT_WINDOW_S = 4.0
 
 
-def _grant(world: WorkerEnv, *, secret: str | None = None, agent_id: str = SUPPORT_AGENT, now: float | None = None) -> str:
+def _grant(
+    world: WorkerEnv, *, secret: str | None = None, agent_id: str = SUPPORT_AGENT, now: float | None = None
+) -> str:
     return mint_dispatch_metadata(
         DispatchRequest(session_id=uuid.uuid4(), session_type="test", agent_id=uuid.UUID(agent_id)),
         secret=secret or world.signing_secret,
@@ -100,7 +102,9 @@ async def test_refused_dispatch_never_joins_and_next_call_is_served(
         await asyncio.sleep(max(0.0, NO_AGENT_WINDOW_S - (time.monotonic() - (caller.connected_at or 0))))
         assert await _agents_in(world, room) == []
         assert caller.agent_joined_at is None
-        assert not any(p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT for p in caller.room.remote_participants.values())
+        assert not any(
+            p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT for p in caller.room.remote_participants.values()
+        )
     finally:
         await caller.hang_up()
 

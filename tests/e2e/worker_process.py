@@ -116,9 +116,7 @@ class WorkerProcess:
         """Whether the worker's last load report to LiveKit said it takes calls. Its CPU guard reads the whole
         machine's CPU, which here includes livekit-server, the callers and pytest (in production it is the
         worker's own container), so a warm-up spike can mark it full for a few seconds after registering."""
-        status = [
-            r["message"] for r in self.log_records() if str(r.get("message", "")).startswith("worker is ")
-        ]
+        status = [r["message"] for r in self.log_records() if str(r.get("message", "")).startswith("worker is ")]
         return not status or "below capacity" in status[-1]
 
     def wait_available(self, timeout: float = 45.0, stable_s: float = 3.0) -> None:

@@ -60,9 +60,7 @@ def upgrade() -> None:
             "memory_state IN ('pending', 'synced', 'skipped', 'suppressed')",
             name="ck_sessions_memory_state",
         ),
-        sa.CheckConstraint(
-            "NOT (agent_id IS NOT NULL AND team_id IS NOT NULL)", name="ck_sessions_agent_xor_team"
-        ),
+        sa.CheckConstraint("NOT (agent_id IS NOT NULL AND team_id IS NOT NULL)", name="ck_sessions_agent_xor_team"),
     )
 
     op.create_table(
@@ -83,9 +81,7 @@ def upgrade() -> None:
         ),
         sa.UniqueConstraint("end_user_id", "fact_key", name="uq_memory_facts_end_user_id_fact_key"),
     )
-    op.create_index(
-        "ix_memory_facts_end_user_id_last_seen_at", "memory_facts", ["end_user_id", "last_seen_at"]
-    )
+    op.create_index("ix_memory_facts_end_user_id_last_seen_at", "memory_facts", ["end_user_id", "last_seen_at"])
 
     op.create_table(
         "outbox",
