@@ -94,13 +94,9 @@ def world(livekit: LiveKitServer, doubles: ProviderDoubles, tmp_path_factory: py
 
 @pytest.fixture(scope="module")
 def worker(world: WorkerEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(world, tmp_path_factory.mktemp("worker") / "worker.log")
-    try:
-        process.wait_ready()
-        process.wait_available()
-        yield process
-    finally:
-        process.stop()
+    process = WorkerProcess.started(world, tmp_path_factory.mktemp("worker") / "worker.log")
+    yield process
+    process.stop()
 
 
 @pytest.fixture(scope="session")

@@ -25,13 +25,11 @@ def worker(world: WorkerEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     # process executor each call past the two warm processes first starts one (imports, VAD model, catalog: about
     # a second of CPU each), which on this 2-core machine, shared with the server and ten callers, is what a
     # burst would measure instead of admission.
-    process = WorkerProcess(world, tmp_path_factory.mktemp("burst-worker") / "worker.log", JOB_EXECUTOR="thread")
-    try:
-        process.wait_ready()
-        process.wait_available()
-        yield process
-    finally:
-        process.stop()
+    process = WorkerProcess.started(
+        world, tmp_path_factory.mktemp("burst-worker") / "worker.log", JOB_EXECUTOR="thread"
+    )
+    yield process
+    process.stop()
 
 
 @pytest.fixture(scope="module")

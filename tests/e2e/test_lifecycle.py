@@ -34,19 +34,12 @@ def _accepted_rooms(worker: WorkerProcess) -> list[str]:
     ]
 
 
-def _start_worker(world: WorkerEnv, log: Path) -> WorkerProcess:
-    worker = WorkerProcess(world, log)
-    worker.wait_ready()
-    worker.wait_available()
-    return worker
-
-
 async def test_sigterm_drains_while_another_worker_takes_new_calls(
     world: WorkerEnv, doubles: ProviderDoubles, speak: Callable[[str], np.ndarray], tmp_path: Path
 ) -> None:
     # Both workers are up before the call: the example agent ends a call after 15 s of silence, longer than a
     # worker takes to start here, so the held call must not wait for the second one.
-    workers = [_start_worker(world, tmp_path / "a.log"), _start_worker(world, tmp_path / "b.log")]
+    workers = [WorkerProcess.started(world, tmp_path / "a.log"), WorkerProcess.started(world, tmp_path / "b.log")]
     try:
         held = world.web_call("--agent-id", SUPPORT_AGENT)
         caller = Caller(held["livekit_url"], held["access_token"])
@@ -90,7 +83,7 @@ async def test_sigterm_drains_while_another_worker_takes_new_calls(
 async def test_sigkill_mid_call_ends_the_call_and_a_restart_serves_new_calls(
     world: WorkerEnv, doubles: ProviderDoubles, tmp_path: Path
 ) -> None:
-    worker = _start_worker(world, tmp_path / "killed.log")
+    worker = WorkerProcess.started(world, tmp_path / "killed.log")
     children = psutil.Process(worker.process.pid).children(recursive=True)
     held = world.web_call("--agent-id", SUPPORT_AGENT)
     caller = Caller(held["livekit_url"], held["access_token"])
@@ -133,7 +126,7 @@ async def test_sigkill_mid_call_ends_the_call_and_a_restart_serves_new_calls(
         await caller.hang_up()
         worker.stop()
 
-    restarted = _start_worker(world, tmp_path / "restarted.log")
+    restarted = WorkerProcess.started(world, tmp_path / "restarted.log")
     try:
         minted = world.web_call("--agent-id", SUPPORT_AGENT)
         fresh = Caller(minted["livekit_url"], minted["access_token"])

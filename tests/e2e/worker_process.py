@@ -95,6 +95,18 @@ class WorkerProcess:
             cwd=ROOT,
         )
 
+    @classmethod
+    def started(cls, env: WorkerEnv, log_path: Path, **extra_env: str) -> WorkerProcess:
+        """A worker registered with LiveKit and reporting itself available; stopped again if it never gets there."""
+        worker = cls(env, log_path, **extra_env)
+        try:
+            worker.wait_ready()
+            worker.wait_available()
+        except BaseException:
+            worker.stop()
+            raise
+        return worker
+
     def ready(self) -> bool:
         try:
             return httpx.get(f"http://127.0.0.1:{self.health_port}/ready", timeout=1).status_code == 200
