@@ -35,7 +35,7 @@ from typing import IO
 
 import httpx
 
-from worker.devserver import DevServerError, accepts_connections, ensure_dev_server, local_endpoint
+from worker.devserver import DevServerError, accepts_connections, die_with_parent, ensure_dev_server, local_endpoint
 from worker.settings import Settings
 
 READY_TIMEOUT_S = 90.0
@@ -120,6 +120,7 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], logs: Path, verbose:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     assert process.stdout is not None
     relay = threading.Thread(
