@@ -446,8 +446,8 @@ class Sampler:
                 continue
             first, last = window[0], window[-1]
             # processes alive at both ends of the window (job processes live as long as their call)
-            total += 100 * sum(last.cpu[p] - first.cpu[p] for p in first.cpu.keys() & last.cpu.keys()) / (
-                last.at - first.at
+            total += (
+                100 * sum(last.cpu[p] - first.cpu[p] for p in first.cpu.keys() & last.cpu.keys()) / (last.at - first.at)
             )
             any_window = True
         return total if any_window else None
@@ -585,9 +585,7 @@ def _bench_caller(url: str, token: str) -> Any:
     return BenchCaller(url, token)
 
 
-async def _one_call(
-    spec: CallerSpec, index: int, minted: tuple[str, str, str | None], pcm: np.ndarray
-) -> CallResult:
+async def _one_call(spec: CallerSpec, index: int, minted: tuple[str, str, str | None], pcm: np.ndarray) -> CallResult:
     url, token, session_id = minted
     result = CallResult(impl=spec.impl, index=index, session_id=session_id)
     await asyncio.sleep(max(0.0, spec.start_at + index * spec.step_s - time.monotonic()))
