@@ -682,7 +682,9 @@ class Environment:
         if (text, key) in self._vad_waits:
             return self._vad_waits[(text, key)]
         clip = self.clip(text)
-        digest = hashlib.sha256(clip.pcm.tobytes() + f"{key!r} silero {silero.__version__} frame {FRAME_SAMPLES} v2".encode()).hexdigest()[:24]
+        digest = hashlib.sha256(
+            clip.pcm.tobytes() + f"{key!r} silero {silero.__version__} frame {FRAME_SAMPLES} v2".encode()
+        ).hexdigest()[:24]
         cached = self.speech_cache / f"vad-waits-{digest}.json"
         try:
             waits = {int(k): float(v) for k, v in json.loads(cached.read_text()).items()}

@@ -98,9 +98,7 @@ class DesignSummary:
 
 
 def _router() -> FakeLLM:
-    return FakeLLM(
-        lambda ctx, tools: Reply(tool_calls=[(tools[0].id, {"name": "refund_request"})], ttft_s=ROUTER_S)
-    )
+    return FakeLLM(lambda ctx, tools: Reply(tool_calls=[(tools[0].id, {"name": "refund_request"})], ttft_s=ROUTER_S))
 
 
 def _reply_llm() -> FakeLLM:
