@@ -179,7 +179,10 @@ class ScriptedAudioInput(io.AudioInput):
         self._delivered += n
         self._frames_out += 1
 
-        delivered_at = time.time()
+        # the frame's place on the schedule: a late frame is followed by frames that catch up, so the audio after it
+        # reaches the VAD on schedule, and waits measured from a late delivery would come out short (seen: a VAD
+        # "early" by 3.6 ms on a busy machine). Speech starts and ends where the schedule puts it.
+        delivered_at = time.time() - max(0.0, time.perf_counter() - due)
         for span in self._spans:
             if span.mark.started_at is None and begin <= span.first_sample < begin + n:
                 span.mark.started_at = delivered_at
