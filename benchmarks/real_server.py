@@ -47,7 +47,6 @@ import os
 import platform
 import secrets
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -75,7 +74,7 @@ from tests.e2e.catalog import EXAMPLES, write_catalog
 from tests.e2e.livekit_server import LiveKitServer, free_port, installed_version, pinned_version, running_livekit_server
 from tests.e2e.network import enter_test_network
 from tests.e2e.providers import ProviderDoubles
-from tests.e2e.worker_process import WorkerEnv, WorkerProcess
+from tests.e2e.worker_process import WorkerEnv, WorkerProcess, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -291,13 +290,7 @@ class StockWorker:
         return time.monotonic() - start
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout)
         self._log.close()
 
 

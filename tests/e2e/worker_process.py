@@ -27,6 +27,18 @@ VOICE_WORKER = Path(sys.executable).with_name("voice-worker")
 READY_TIMEOUT_S = 60.0
 
 
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM (a worker drains, the door finishes its requests), SIGKILL after `timeout`; the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 @dataclass
 class WorkerEnv:
     """Settings shared by every process of one test world (workers, door, CLI)."""
@@ -170,15 +182,9 @@ class WorkerProcess:
         return self.process.wait(timeout)
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        code = terminate(self.process, timeout)
         self._log.close()
-        return self.process.returncode
+        return code
 
 
 class DoorProcess:
@@ -222,11 +228,5 @@ class DoorProcess:
         return httpx.post(f"{self.url}/v1/voice/web-call", json=body, headers={"x-api-key": self.api_key}, timeout=10)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, 15)
         self._log.close()
