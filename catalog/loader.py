@@ -1,4 +1,4 @@
-"""Loading the catalog from a directory of YAML files (one agent or team per file).
+"""Loading the catalog from a directory of YAML files (one agent, team or tool per file).
 
 Each file is parsed and validated on its own: a bad file becomes a `CatalogProblem` (file, field path,
 reason) and is left out, so one bad file never takes the others down. `CatalogStore` keeps the last good
@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from catalog.models import Agent, Team
+from catalog.tools import ToolDefinition, ToolRef
 
 log = logging.getLogger("voice_worker.catalog")
 
@@ -40,15 +41,24 @@ class CatalogProblem:
 class Catalog:
     agents: dict[uuid.UUID, Agent] = field(default_factory=dict)
     teams: dict[uuid.UUID, Team] = field(default_factory=dict)
+    # Platform tools (kind: tool), conventionally under tools/; revisions attach them by id or slug.
+    tools: dict[uuid.UUID, ToolDefinition] = field(default_factory=dict)
     problems: list[CatalogProblem] = field(default_factory=list)
     sources: dict[uuid.UUID, str] = field(default_factory=dict)
+
+    def tool_for(self, ref: ToolRef) -> ToolDefinition | None:
+        """The tool a revision's `ToolRef` names (by id, else by slug), or None."""
+        if ref.id is not None:
+            found = self.tools.get(ref.id)
+            return found if found is not None and (ref.slug is None or found.slug == ref.slug) else None
+        return next((t for t in self.tools.values() if t.slug == ref.slug), None)
 
     def summary(self) -> str:
         enabled_agents = sum(a.enabled for a in self.agents.values())
         procedures = sum(len(a.active_revision.procedures) for a in self.agents.values())
         return (
             f"{len(self.agents)} agents ({enabled_agents} enabled), {len(self.teams)} teams, "
-            f"{procedures} procedures on active revisions"
+            f"{procedures} procedures on active revisions, {len(self.tools)} tools"
         )
 
 
@@ -62,7 +72,7 @@ def _field_path(loc: Iterable[object]) -> str:
     return "".join(parts) or "(document)"
 
 
-def _load_file(path: Path, display: str) -> tuple[Agent | Team | None, list[CatalogProblem]]:
+def _load_file(path: Path, display: str) -> tuple[Agent | Team | ToolDefinition | None, list[CatalogProblem]]:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -72,15 +82,17 @@ def _load_file(path: Path, display: str) -> tuple[Agent | Team | None, list[Cata
         where = f"line {mark.line + 1}" if mark is not None else "(document)"
         return None, [CatalogProblem(display, where, f"invalid YAML: {getattr(exc, 'problem', exc)}")]
     if not isinstance(document, dict):
-        return None, [CatalogProblem(display, "(document)", "expected a mapping with kind: agent or kind: team")]
+        return None, [CatalogProblem(display, "(document)", "expected a mapping with kind: agent, team or tool")]
     kind = document.pop("kind", None)
-    model: type[Agent] | type[Team]
+    model: type[Agent] | type[Team] | type[ToolDefinition]
     if kind == "agent":
         model = Agent
     elif kind == "team":
         model = Team
+    elif kind == "tool":
+        model = ToolDefinition
     else:
-        return None, [CatalogProblem(display, "kind", f"must be 'agent' or 'team', not {kind!r}")]
+        return None, [CatalogProblem(display, "kind", f"must be 'agent', 'team' or 'tool', not {kind!r}")]
     try:
         return model.model_validate(document), []
     except ValidationError as exc:
@@ -107,11 +119,30 @@ def load_catalog(directory: Path) -> Catalog:
                 CatalogProblem(display, "id", f"{item.id} is already defined in {catalog.sources[item.id]}")
             )
             continue
+        if isinstance(item, ToolDefinition):
+            owner = next((catalog.sources[t.id] for t in catalog.tools.values() if t.slug == item.slug), None)
+            if owner is not None:
+                catalog.problems.append(CatalogProblem(display, "slug", f"{item.slug!r} is already used by {owner}"))
+                continue
         catalog.sources[item.id] = display
         if isinstance(item, Agent):
             catalog.agents[item.id] = item
-        else:
+        elif isinstance(item, Team):
             catalog.teams[item.id] = item
+        else:
+            catalog.tools[item.id] = item
+    for agent in catalog.agents.values():
+        r_index = next(i for i, r in enumerate(agent.revisions) if r.id == agent.active_revision_id)
+        for t_index, ref in enumerate(agent.active_revision.tool_refs):
+            if ref.kind == "api" and catalog.tool_for(ref) is None:
+                # The agent still loads: its calls run without this tool, and `voice-worker check` says so.
+                catalog.problems.append(
+                    CatalogProblem(
+                        catalog.sources[agent.id],
+                        f"revisions[{r_index}].tool_refs[{t_index}]",
+                        f"tool {ref.label} is not in the catalog (a file with kind: tool)",
+                    )
+                )
     for team in list(catalog.teams.values()):
         for index, member in enumerate(team.members):
             if member.assistant_id not in catalog.agents:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from catalog.context_vars import ContextVarSpec
 from catalog.pipeline_config import ModelChainEntry, VoicePipelineConfig
+from catalog.tools import SLUG, ToolRef
 
 TriggerType = Literal["auto", "keyword", "always_on"]
-ToolName = Literal["end_call", "handoff", "record_variable"]
+# The worker's own tools; a procedure may also grant the revision's platform tools by their slug.
+BUILTIN_TOOLS = ("end_call", "handoff", "record_variable")
+ToolName = str
 
 
 class _Strict(BaseModel):
@@ -35,8 +38,18 @@ class Procedure(_Strict):
     trigger_type: TriggerType = "auto"
     keywords: tuple[str, ...] = Field((), description="Phrases for trigger_type keyword (case-insensitive).")
     instructions: str = Field(min_length=1, description="Sandboxed Jinja2 template over the context variables.")
-    tools: tuple[ToolName, ...] = ("end_call",)
+    tools: tuple[ToolName, ...] = Field(
+        ("end_call",), description="Built-in tools (end_call, handoff, record_variable) and tool_refs slugs."
+    )
     router_model_settings: ModelChainEntry | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if name not in BUILTIN_TOOLS and not SLUG.match(name):
+                raise ValueError(f"{name!r} is neither a built-in tool ({', '.join(BUILTIN_TOOLS)}) nor a tool slug")
+        return value
 
     @model_validator(mode="after")
     def _keywords_match_trigger(self) -> Procedure:
@@ -55,6 +68,7 @@ class Revision(_Strict):
     context_variables: tuple[ContextVarSpec, ...] = ()
     variable_defaults: dict[str, str | int | float | bool] = Field(default_factory=dict)
     procedures: tuple[Procedure, ...] = ()
+    tool_refs: tuple[ToolRef, ...] = Field((), description="Platform tools attached to this revision.")
     router_model_settings: ModelChainEntry | None = Field(
         None, description="Router model for turn-1 procedure choice; defaults to the pipeline's primary LLM."
     )

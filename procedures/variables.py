@@ -62,3 +62,13 @@ class CallVariables:
         self.values[name] = value
         self.writes.append((name, value))
         return value
+
+    def clear(self, name: str) -> None:
+        """A derived variable back to no value (None): a tool's lookup found nothing for it."""
+        spec = self.specs.get(name)
+        if spec is None:
+            raise ContextVarError(name, "is not a declared context variable", "unknown")
+        if spec.source == "system" or name in SYSTEM_VARIABLES:
+            raise ContextVarError(name, "is a system variable set by the worker", "system")
+        self.values[name] = None
+        self.writes.append((name, None))
