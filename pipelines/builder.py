@@ -19,7 +19,10 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.turn import TurnHandlingOptions
 
-from catalog.pipeline_config import FallbackConfig, ModelChainEntry, STTEntry, TTSEntry, VoicePipelineConfig
+from catalog.pipeline_config import FallbackConfig, ModelChainEntry, STTEntry, VoicePipelineConfig
+from pipelines import interruptions
+from pipelines.language import stt_language
+from pipelines.provider_data import checked_options
 from pipelines.providers import PROVIDERS, SettingsWithKeys
 from pipelines.turn_handling import turn_handling_options
 from pipelines.vad import SharedVAD
@@ -57,6 +60,8 @@ class BuiltPipeline:
     turn_handling: TurnHandlingOptions
     conn_options: SessionConnectOptions
     user_away_timeout: float | None
+    # keyword arguments of the behaviour modules (pipelines/interruptions.py)
+    extra_session_options: dict[str, Any] = field(default_factory=dict)
     # the provider objects themselves (inside any adapter): they own HTTP clients to close
     providers: tuple[ProviderObject, ...] = field(default=())
 
@@ -72,6 +77,7 @@ class BuiltPipeline:
         }
         if self.user_away_timeout is not None:
             kwargs["user_away_timeout"] = self.user_away_timeout
+        kwargs.update(self.extra_session_options)
         return kwargs
 
     async def aclose(self) -> None:
@@ -108,9 +114,14 @@ def _api_key(provider_name: str, settings: SettingsWithKeys) -> str:
 
 
 def _build_stt(entry: STTEntry, config: VoicePipelineConfig, settings: SettingsWithKeys) -> stt.STT[Any]:
-    builder = PROVIDERS[entry.provider].build_stt
-    assert builder is not None
-    return builder(entry, api_key=_api_key(entry.provider, settings), language=entry.language or config.language)
+    provider = PROVIDERS[entry.provider]
+    assert provider.build_stt is not None and provider.stt_signature is not None
+    return provider.build_stt(
+        entry,
+        api_key=_api_key(entry.provider, settings),
+        language=stt_language(config, entry),
+        options=checked_options(entry.provider_data, provider.stt_signature),
+    )
 
 
 def _build_llm(entry: ModelChainEntry, settings: SettingsWithKeys) -> llm.LLM[Any]:
@@ -119,10 +130,22 @@ def _build_llm(entry: ModelChainEntry, settings: SettingsWithKeys) -> llm.LLM[An
     return builder(entry, api_key=_api_key(entry.provider, settings))
 
 
-def _build_tts(entry: TTSEntry, config: VoicePipelineConfig, settings: SettingsWithKeys) -> tts.TTS[Any]:
-    builder = PROVIDERS[entry.provider].build_tts
-    assert builder is not None
-    return builder(entry, api_key=_api_key(entry.provider, settings), speed=config.tts_speed)
+def tts_options(config: VoicePipelineConfig, index: int) -> dict[str, Any]:
+    """The TTS entry's provider data; the primary voice also takes `voice_tuning` (the platform tunes one voice)."""
+    entry = config.tts_chain[index]
+    return {**entry.provider_data, **(config.voice_tuning if index == 0 else {})}
+
+
+def _build_tts(index: int, config: VoicePipelineConfig, settings: SettingsWithKeys) -> tts.TTS[Any]:
+    entry = config.tts_chain[index]
+    provider = PROVIDERS[entry.provider]
+    assert provider.build_tts is not None and provider.tts_signature is not None
+    return provider.build_tts(
+        entry,
+        api_key=_api_key(entry.provider, settings),
+        speed=config.tts_speed,
+        options=checked_options(tts_options(config, index), provider.tts_signature),
+    )
 
 
 class OwningFallbackAdapter(llm.FallbackAdapter):
@@ -181,7 +204,7 @@ def build_pipeline(config: VoicePipelineConfig, settings: SettingsWithKeys, *, v
 
     stts = [_build_stt(e, config, settings) for e in config.stt_chain]
     llms = [_build_llm(e, settings) for e in config.model_chain]
-    ttss = [_build_tts(e, config, settings) for e in config.tts_chain]
+    ttss = [_build_tts(i, config, settings) for i in range(len(config.tts_chain))]
 
     stt_out: stt.STT[Any] = stts[0]
     if len(stts) > 1:
@@ -209,5 +232,6 @@ def build_pipeline(config: VoicePipelineConfig, settings: SettingsWithKeys, *, v
         conn_options=session_connect_options(config),
         # the session's "away" state then matches the silence timeout that `CallLimits` enforces
         user_away_timeout=config.silence_timeout_ms / 1000 if config.silence_timeout_ms else None,
+        extra_session_options=interruptions.session_options(config),
         providers=(*stts, *llms, *ttss),
     )

@@ -19,6 +19,7 @@ from livekit.plugins import deepgram, openai
 
 from catalog.pipeline_config import ModelChainEntry, STTEntry, TTSEntry
 from pipelines.http_clients import openai_client
+from pipelines.provider_data import PluginSignature
 
 Kind = Literal["stt", "llm", "tts"]
 KINDS: tuple[Kind, ...] = ("stt", "llm", "tts")
@@ -42,8 +43,16 @@ class SettingsWithKeys(Protocol):
     def provider_api_key(self, env_name: str) -> str | None: ...
 
 
+# One language; several the caller may speak (a multilingual call with a list); None: whatever is spoken.
+STTLanguage = str | tuple[str, ...] | None
+
+
 class STTBuilder(Protocol):
-    def __call__(self, entry: STTEntry, *, api_key: str, language: str | None) -> stt.STT[Any]: ...
+    """`options` are the entry's checked provider data (pipelines/provider_data.py)."""
+
+    def __call__(
+        self, entry: STTEntry, *, api_key: str, language: STTLanguage, options: Mapping[str, Any]
+    ) -> stt.STT[Any]: ...
 
 
 class LLMBuilder(Protocol):
@@ -51,7 +60,7 @@ class LLMBuilder(Protocol):
 
 
 class TTSBuilder(Protocol):
-    def __call__(self, entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS[Any]: ...
+    def __call__(self, entry: TTSEntry, *, api_key: str, speed: float, options: Mapping[str, Any]) -> tts.TTS[Any]: ...
 
 
 class _OwnsItsClient:
@@ -129,31 +138,61 @@ def _openai_llm(max_tokens_field: Literal["max_completion_tokens", "max_tokens"]
     return build
 
 
-def _openai_stt(entry: STTEntry, *, api_key: str, language: str | None) -> stt.STT[Any]:
-    if language is None:
-        return OpenAISTT(
-            model=entry.model or OPENAI_STT_MODEL, detect_language=True, api_key=api_key, base_url=entry.base_url
-        )
-    return OpenAISTT(model=entry.model or OPENAI_STT_MODEL, language=language, api_key=api_key, base_url=entry.base_url)
+# What the pipeline sets on each plugin itself; provider data naming one of these is refused, naming the field.
+_KEY = "the provider's API key variable"
+_STT_SET = {
+    "model": "stt_chain[i].model (stt_model)",
+    "language": "language / locale / stt_chain[i].language",
+    "detect_language": "multilingual_enabled",
+    "api_key": _KEY,
+    "base_url": "stt_chain[i].base_url",
+}
+_TTS_SET = {"model": "tts_chain[i].model", "speed": "tts_speed", "api_key": _KEY, "base_url": "tts_chain[i].base_url"}
+# the worker's own HTTP clients: one TLS context per process (pipelines/http_clients.py) / aiohttp per job
+_CLIENT = {"client": "the worker (one HTTP client per provider, over the process's TLS context)"}
+_HTTP_SESSION = {"http_session": "livekit (the job's HTTP session)"}
+OPENAI_STT_SIGNATURE = PluginSignature(openai.STT, {**_STT_SET, **_CLIENT})
+OPENAI_TTS_SIGNATURE = PluginSignature(openai.TTS, {**_TTS_SET, "voice": "tts_chain[i].voice_id", **_CLIENT})
+DEEPGRAM_STT_SIGNATURE = PluginSignature(deepgram.STT, {**_STT_SET, **_HTTP_SESSION})
+DEEPGRAM_TTS_SIGNATURE = PluginSignature(deepgram.TTS, {**_TTS_SET, **_HTTP_SESSION})
 
 
-def _openai_tts(entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS[Any]:
+# OpenAI transcription models that take a list of candidate languages (older ones take one, or detect)
+OPENAI_STT_LANGUAGE_LISTS = ("gpt-transcribe", "gpt-live-transcribe")
+
+
+def _openai_stt(entry: STTEntry, *, api_key: str, language: STTLanguage, options: Mapping[str, Any]) -> stt.STT[Any]:
+    model = entry.model or OPENAI_STT_MODEL
+    chosen: dict[str, Any]
+    if isinstance(language, str):
+        chosen = {"language": language}
+    elif language and model.startswith(OPENAI_STT_LANGUAGE_LISTS):
+        chosen = {"language": list(language)}
+    else:
+        chosen = {"detect_language": True}
+    return OpenAISTT(model=model, api_key=api_key, base_url=entry.base_url, **chosen, **options)
+
+
+def _openai_tts(entry: TTSEntry, *, api_key: str, speed: float, options: Mapping[str, Any]) -> tts.TTS[Any]:
     return OpenAITTS(
         model=entry.model or OPENAI_TTS_MODEL,
         voice=entry.voice_id or OPENAI_TTS_VOICE,
         speed=speed,
         api_key=api_key,
         base_url=entry.base_url,
+        **options,
     )
 
 
-def _deepgram_stt(entry: STTEntry, *, api_key: str, language: str | None) -> stt.STT[Any]:
-    kwargs: dict[str, Any] = {}
-    if language is not None:
-        kwargs["language"] = language
+# Deepgram's streaming code-switching mode: the caller may change language mid-call, each result names its own.
+DEEPGRAM_MULTILINGUAL = "multi"
+
+
+def _deepgram_stt(entry: STTEntry, *, api_key: str, language: STTLanguage, options: Mapping[str, Any]) -> stt.STT[Any]:
+    kwargs: dict[str, Any] = {"language": language if isinstance(language, str) else DEEPGRAM_MULTILINGUAL}
     if entry.base_url is not None:
         kwargs["base_url"] = entry.base_url
-    return deepgram.STT(model=entry.model or DEEPGRAM_STT_MODEL, api_key=api_key, **kwargs)
+    return deepgram.STT(model=entry.model or DEEPGRAM_STT_MODEL, api_key=api_key, **kwargs, **options)
 
 
 def deepgram_tts_model(entry: TTSEntry) -> str:
@@ -161,7 +200,7 @@ def deepgram_tts_model(entry: TTSEntry) -> str:
     return entry.model or entry.voice_id or DEEPGRAM_TTS_MODEL
 
 
-def _deepgram_tts(entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS[Any]:
+def _deepgram_tts(entry: TTSEntry, *, api_key: str, speed: float, options: Mapping[str, Any]) -> tts.TTS[Any]:
     kwargs: dict[str, Any] = {}
     if entry.base_url is not None:
         kwargs["base_url"] = entry.base_url
@@ -171,6 +210,7 @@ def _deepgram_tts(entry: TTSEntry, *, api_key: str, speed: float) -> tts.TTS[Any
         api_key=api_key,
         speed=None if speed == 1.0 else speed,
         **kwargs,
+        **options,
     )
 
 
@@ -187,6 +227,13 @@ class Provider:
     build_stt: STTBuilder | None = None
     build_llm: LLMBuilder | None = None
     build_tts: TTSBuilder | None = None
+    # the plugin constructors provider data is checked against
+    stt_signature: PluginSignature | None = None
+    tts_signature: PluginSignature | None = None
+    # language codes its STT understands in multilingual mode (None: any the model detects)
+    multilingual_stt_languages: frozenset[str] | None = None
+    # whether one TTS voice speaks every language of a multilingual call
+    multilingual_tts: bool = True
 
     def supports(self, kind: Kind) -> bool:
         return self.builder(kind) is not None
@@ -212,6 +259,8 @@ PROVIDERS: Mapping[str, Provider] = {
             build_stt=_openai_stt,
             build_llm=_openai_llm("max_completion_tokens"),
             build_tts=_openai_tts,
+            stt_signature=OPENAI_STT_SIGNATURE,
+            tts_signature=OPENAI_TTS_SIGNATURE,
         ),
         Provider(
             name="openai_compatible",
@@ -222,6 +271,8 @@ PROVIDERS: Mapping[str, Provider] = {
             build_stt=_openai_stt,
             build_llm=_openai_llm("max_tokens"),
             build_tts=_openai_tts,
+            stt_signature=OPENAI_STT_SIGNATURE,
+            tts_signature=OPENAI_TTS_SIGNATURE,
         ),
         Provider(
             name="deepgram",
@@ -230,6 +281,12 @@ PROVIDERS: Mapping[str, Provider] = {
             tts_speed_range=(0.7, 1.5),
             build_stt=_deepgram_stt,
             build_tts=_deepgram_tts,
+            stt_signature=DEEPGRAM_STT_SIGNATURE,
+            tts_signature=DEEPGRAM_TTS_SIGNATURE,
+            # Nova-3's code-switching ("multi") languages
+            multilingual_stt_languages=frozenset({"en", "es", "fr", "de", "hi", "ru", "pt", "ja", "it", "nl"}),
+            # an Aura voice speaks the one language its model is named for (aura-2-thalia-en)
+            multilingual_tts=False,
         ),
     )
 }

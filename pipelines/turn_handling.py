@@ -22,6 +22,7 @@ from livekit.agents.language import LanguageCode
 from livekit.agents.voice.turn import TurnDetectionMode, TurnHandlingOptions
 
 from catalog.pipeline_config import VoicePipelineConfig
+from pipelines.interruptions import interruption_options
 
 # livekit refuses a VAD whose min_silence_duration is below this when a streaming turn detector runs:
 # the detector is asked for a prediction after MIN_SILENCE_DURATION_MS of silence.
@@ -64,13 +65,7 @@ def turn_handling_options(config: VoicePipelineConfig) -> TurnHandlingOptions:
             "min_delay": config.endpointing_min_delay_ms / 1000,
             "max_delay": config.endpointing_max_delay_ms / 1000,
         },
-        interruption={
-            "enabled": config.interruptions_enabled,
-            # "adaptive" is a LiveKit Cloud model; a self-hosted worker interrupts on the VAD.
-            "mode": "vad",
-            "min_words": config.interruption_min_words,
-            "min_duration": config.interruption_min_duration_ms / 1000,
-        },
+        interruption=interruption_options(config),
         preemptive_generation={"enabled": config.preemptive_generation},
     )
 

@@ -26,12 +26,27 @@ from livekit import local_inference
 from livekit.agents import inference
 
 from catalog.pipeline_config import VoicePipelineConfig
+from pipelines.provider_data import PluginSignature, checked_options
 from pipelines.turn_handling import vad_min_silence_s
 
 # livekit's defaults for what the config does not say
 PREFIX_PADDING_S = 0.5
 MAX_BUFFERED_SPEECH_S = 60.0
 DEACTIVATION_GAP = 0.15
+
+
+# `vad_provider_data` may set the rest of `inference.VAD`'s options (prefix padding, buffered speech, the exit
+# threshold); these come from the config's own fields.
+VAD_SIGNATURE = PluginSignature(
+    inference.VAD,
+    {
+        "model": "the worker (Silero)",
+        "activation_threshold": "local_vad_params.confidence",
+        "min_speech_duration": "local_vad_params.start_secs",
+        "min_silence_duration": "local_vad_params.stop_secs and endpointing_min_delay_ms",
+        "executor": "livekit (its inference thread)",
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -63,15 +78,19 @@ class SharedVAD:
         return cls()
 
     def for_pipeline(self, config: VoicePipelineConfig) -> inference.VAD:
-        return self.make(silero_options(config))
+        return self.make(silero_options(config), provider_data=checked_options(config.vad_provider_data, VAD_SIGNATURE))
 
-    def make(self, options: SileroOptions) -> inference.VAD:
+    def make(self, options: SileroOptions, provider_data: dict[str, object] | None = None) -> inference.VAD:
+        kwargs: dict[str, object] = {
+            "prefix_padding_duration": PREFIX_PADDING_S,
+            "max_buffered_speech": MAX_BUFFERED_SPEECH_S,
+            "deactivation_threshold": options.deactivation_threshold,
+            **(provider_data or {}),
+        }
         return inference.VAD(
             model="silero",
             min_speech_duration=options.min_speech_duration,
             min_silence_duration=options.min_silence_duration,
-            prefix_padding_duration=PREFIX_PADDING_S,
-            max_buffered_speech=MAX_BUFFERED_SPEECH_S,
             activation_threshold=options.activation_threshold,
-            deactivation_threshold=options.deactivation_threshold,
+            **kwargs,  # type: ignore[arg-type]  # checked against inference.VAD's annotations by checked_options
         )

@@ -9,13 +9,17 @@ while there are any, so a bad config never fails in the middle of a call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 from catalog.pipeline_config import ModelChainEntry, STTEntry, TTSEntry, VoicePipelineConfig
+from pipelines.provider_data import PluginSignature, option_problems
 from pipelines.providers import PROVIDERS, Kind, SettingsWithKeys, deepgram_tts_model, provider_names
 from pipelines.turn_handling import turn_detector_supports
+from pipelines.vad import VAD_SIGNATURE
 
 _CHAINS: tuple[tuple[str, Kind], ...] = (("stt_chain", "stt"), ("model_chain", "llm"), ("tts_chain", "tts"))
 
@@ -75,7 +79,19 @@ def _entry_problems(
     elif (reason := _url_problem(entry.base_url, provider.url_schemes)) is not None:
         problems.append(PipelineProblem(f"{path}.base_url", reason))
 
+    signature = provider.stt_signature if isinstance(entry, STTEntry) else provider.tts_signature
+    if isinstance(entry, (STTEntry, TTSEntry)) and signature is not None:
+        problems.extend(_data_problems(entry.provider_data, signature, f"{path}.provider_data"))
+
     if isinstance(entry, TTSEntry):
+        if entry.voice_id and _is_uuid(entry.voice_id):
+            problems.append(
+                PipelineProblem(
+                    f"{path}.voice_id",
+                    f"{entry.voice_id!r} is a platform voice-catalog id; name the provider's own voice "
+                    f"(e.g. alloy for openai, aura-2-thalia-en for deepgram)",
+                )
+            )
         speed_range = provider.tts_speed_range
         if speed_range is not None and config.tts_speed != 1.0:
             low, high = speed_range
@@ -97,6 +113,30 @@ def _entry_problems(
     return problems
 
 
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _data_problems(options: Mapping[str, Any], signature: PluginSignature, path: str) -> list[PipelineProblem]:
+    return [PipelineProblem(f"{path}.{key}", reason) for key, reason in option_problems(options, signature)]
+
+
+def _tuning_problems(config: VoicePipelineConfig) -> list[PipelineProblem]:
+    """`voice_tuning` goes to the primary voice's constructor beside its provider data."""
+    primary = config.tts_chain[0]
+    provider = PROVIDERS.get(primary.provider)
+    if not config.voice_tuning or provider is None or provider.tts_signature is None:
+        return []
+    problems = _data_problems(config.voice_tuning, provider.tts_signature, "voice_tuning")
+    for key in sorted(set(config.voice_tuning) & set(primary.provider_data)):
+        problems.append(PipelineProblem(f"voice_tuning.{key}", "also set in tts_chain[0].provider_data (give one)"))
+    return problems
+
+
 def pipeline_problems(config: VoicePipelineConfig, settings: SettingsWithKeys, *, where: str) -> list[PipelineProblem]:
     """Every problem, each with its dotted field path under `where` (e.g. `pipeline.model_chain[1].provider`)."""
     problems: list[PipelineProblem] = []
@@ -105,7 +145,18 @@ def pipeline_problems(config: VoicePipelineConfig, settings: SettingsWithKeys, *
         for index, entry in enumerate(chain):
             problems.extend(_entry_problems(entry, kind, f"{chain_name}[{index}]", config, settings))
 
-    if config.turn_detection == "turn_detector" and not turn_detector_supports(config.language):
+    problems.extend(_tuning_problems(config))
+    problems.extend(_data_problems(config.vad_provider_data, VAD_SIGNATURE, "vad_provider_data"))
+
+    if config.turn_detection == "turn_detector" and config.multilingual_enabled:
+        problems.append(
+            PipelineProblem(
+                "turn_detection",
+                "the offline turn-detector model is tuned per language and a multilingual call has none fixed; "
+                "use turn_detection vad or stt",
+            )
+        )
+    elif config.turn_detection == "turn_detector" and not turn_detector_supports(config.language):
         problems.append(
             PipelineProblem(
                 "turn_detection",

@@ -12,6 +12,7 @@ from livekit.plugins import deepgram, openai
 
 from catalog.loader import load_catalog
 from catalog.pipeline_config import ModelChainEntry, STTEntry, TTSEntry, VoicePipelineConfig
+from contract.settings import EXAMPLE_CATALOG
 from pipelines.builder import (
     BuiltPipeline,
     PipelineError,
@@ -23,7 +24,7 @@ from pipelines.builder import (
 from pipelines.providers import UNUSED_KEY, OpenAIChatLLM
 from pipelines.turn_handling import TURN_DETECTOR_MIN_SILENCE_S
 from pipelines.vad import SharedVAD
-from worker.settings import EXAMPLE_CATALOG, Settings
+from worker.settings import Settings
 
 SUPPORT = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01")
 SALES = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a02")
@@ -124,7 +125,13 @@ async def test_support_agent_builds_fallback_chains_in_order(catalog, built) -> 
     assert pipeline.turn_handling == {
         "turn_detection": "vad",
         "endpointing": {"mode": "fixed", "min_delay": 0.4, "max_delay": 3.0},
-        "interruption": {"enabled": True, "mode": "vad", "min_words": 0, "min_duration": 0.5},
+        "interruption": {
+            "enabled": True,
+            "mode": "vad",
+            "min_words": 0,
+            "min_duration": 0.5,
+            "false_interruption_timeout": 2.0,
+        },
         "preemptive_generation": {"enabled": True},
     }
     # silence timeout 15 s: the session's "away" state follows it
@@ -184,7 +191,16 @@ async def test_team_pipeline_single_entries_are_plugin_objects(catalog, built) -
 async def test_session_kwargs_build_an_agent_session(catalog, built) -> None:
     pipeline = built(_llm_on_localhost(catalog.agents[SUPPORT].active_revision.pipeline))
     kwargs = pipeline.session_kwargs()
-    assert set(kwargs) == {"stt", "llm", "tts", "vad", "turn_handling", "conn_options", "user_away_timeout"}
+    assert set(kwargs) == {
+        "stt",
+        "llm",
+        "tts",
+        "vad",
+        "turn_handling",
+        "conn_options",
+        "user_away_timeout",
+        "min_consecutive_speech_delay",
+    }
 
     session = AgentSession(**kwargs)
     assert session.stt is pipeline.stt
@@ -242,6 +258,7 @@ async def test_stt_turn_detection_interruptions_and_preemption_follow_the_config
         "mode": "vad",
         "min_words": 3,
         "min_duration": 0.8,
+        "false_interruption_timeout": 2.0,
     }
     assert pipeline.turn_handling["preemptive_generation"] == {"enabled": False}
     # stop_secs shorter than the delay stays as configured
