@@ -20,7 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from catalog.models import Agent, Team
-from catalog.tools import ToolDefinition, ToolRef
+from catalog.tools import ToolDefinition, ToolRef, find_tool
 
 log = logging.getLogger("voice_worker.catalog")
 
@@ -48,10 +48,7 @@ class Catalog:
 
     def tool_for(self, ref: ToolRef) -> ToolDefinition | None:
         """The tool a revision's `ToolRef` names (by id, else by slug), or None."""
-        if ref.id is not None:
-            found = self.tools.get(ref.id)
-            return found if found is not None and (ref.slug is None or found.slug == ref.slug) else None
-        return next((t for t in self.tools.values() if t.slug == ref.slug), None)
+        return find_tool(self.tools, ref)
 
     def summary(self) -> str:
         enabled_agents = sum(a.enabled for a in self.agents.values())
@@ -100,6 +97,14 @@ def _load_file(path: Path, display: str) -> tuple[Agent | Team | ToolDefinition 
             CatalogProblem(display, _field_path(err["loc"]), err["msg"].removeprefix("Value error, "))
             for err in exc.errors()
         ]
+
+
+def load_tool_file(path: Path) -> tuple[ToolDefinition | None, list[CatalogProblem]]:
+    """One tool file on its own (`voice-worker tool-call --tool-file`)."""
+    item, problems = _load_file(path, str(path))
+    if item is not None and not isinstance(item, ToolDefinition):
+        return None, [CatalogProblem(str(path), "kind", "must be 'tool' for a tool file")]
+    return item, problems
 
 
 def load_catalog(directory: Path) -> Catalog:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -239,3 +240,13 @@ class ToolRef(_Strict):
     @property
     def label(self) -> str:
         return self.slug or str(self.id)
+
+
+def find_tool(tools: Mapping[uuid.UUID, ToolDefinition], ref: ToolRef) -> ToolDefinition | None:
+    """The tool `ref` names: by id (and then its slug, if given, must agree), else by slug; None if none."""
+    if ref.kind != "api":
+        return None
+    if ref.id is not None:
+        found = tools.get(ref.id)
+        return found if found is not None and (ref.slug is None or found.slug == ref.slug) else None
+    return next((t for t in tools.values() if t.slug == ref.slug), None)

@@ -37,6 +37,7 @@ log = logging.getLogger("voice_worker.tools")
 CallStatus = Literal["ok", "http_error", "timeout", "refused", "invalid_arguments", "error"]
 
 USER_AGENT = "voice-worker-tools/1"
+_TRUNCATED = " ... [truncated: the result was too long]"
 _IDEMPOTENT = frozenset({"GET", "PUT", "DELETE"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # Headers that identify the caller to the first origin; a redirect elsewhere must not carry them on.
@@ -67,7 +68,7 @@ class ApiToolResult:
         if self.status == "ok":
             text = json.dumps(self.result, ensure_ascii=False, default=str)
             if len(text) > max_chars:
-                text = text[: max_chars - 40] + " ... [truncated: the result was too long]"
+                text = text[: max_chars - len(_TRUNCATED)] + _TRUNCATED
             return text
         return json.dumps({"error": self.error or self.status}, ensure_ascii=False)
 
@@ -92,22 +93,23 @@ class ApiCaller:
     limits: HttpLimits = field(default_factory=HttpLimits)
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     jitter: Callable[[], float] = random.random
-    _clients: dict[tuple[str, str, int | None], httpx.AsyncClient] = field(default_factory=dict)
+    _pools: dict[tuple[str, str, int | None], httpx.AsyncHTTPTransport] = field(default_factory=dict)
 
-    def _http(self, url: httpx.URL) -> httpx.AsyncClient:
-        # One client per origin: requests go to the checked address, so a pool shared by several host names could
-        # reuse a TLS connection verified for one name for a request to another at the same address.
+    def _pool(self, url: httpx.URL) -> httpx.AsyncHTTPTransport:
+        # One connection pool per origin: requests go to the checked address, so a pool shared by several host
+        # names could reuse a TLS connection verified for one name for a request to another at the same address.
+        # The transport, not an httpx client: a client logs every request's full URL (query secrets included) at
+        # INFO, and would bring environment proxies, cookies and redirects that must not apply here.
         key = (url.scheme, url.host, url.port)
-        client = self._clients.get(key)
-        if client is None:
-            # trust_env off: an HTTP(S)_PROXY from the environment would take the request past the address check
-            client = self._clients[key] = httpx.AsyncClient(trust_env=False, follow_redirects=False)
-        return client
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = httpx.AsyncHTTPTransport()
+        return pool
 
     async def aclose(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.aclose()
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.aclose()
 
     async def _send_once(self, rendered: RenderedRequest, timeout_s: float) -> _Answer:
         body_kwargs: dict[str, Any] = {"json": rendered.json_body} if rendered.has_body else {}
@@ -131,7 +133,7 @@ class ApiCaller:
             sent = httpx.Request(
                 request.method, pinned, headers=pinned_headers, content=request.content, extensions=extensions
             )
-            response = await self._http(request.url).send(sent, stream=True)
+            response = await self._pool(request.url).handle_async_request(sent)
             try:
                 location = response.headers.get("location")
                 if response.status_code in _REDIRECTS and location:
@@ -209,7 +211,7 @@ class ApiCaller:
                     outcome.status, outcome.error = "ok", None
                     return outcome, answer
                 outcome.status = "http_error"
-                outcome.error = f"the service answered {answer.status_code} {answer.reason}".strip()
+                outcome.error = rendered.scrub(f"the service answered {answer.status_code} {answer.reason}".strip())
                 if answer.status_code < 500:
                     return outcome, answer
                 retryable = True

@@ -82,6 +82,8 @@ class EgressPolicy:
             return None
         if address.is_loopback:
             return None if self.allow_loopback else "a loopback address"
+        if address.is_unspecified:
+            return "not a public address"
         if address.is_link_local:
             return "a link-local address (cloud metadata)"
         if address.is_multicast:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from catalog.context_vars import SYSTEM_VARIABLES
 from catalog.models import BUILTIN_TOOLS, Agent, Revision, Team
-from catalog.tools import InputArgConfig, ToolDefinition
+from catalog.tools import InputArgConfig, ToolDefinition, find_tool
 from tools.arguments import ArgumentError, coerce_argument
 from tools.mapping import parse_path
 from tools.templating import ENV, TemplateError, body_strings, env_names, names_used, template_fields
@@ -109,7 +109,7 @@ def revision_tool_problems(
         if ref.kind != "api":
             problems.append(ToolProblem(f"{field}.kind", f"{ref.kind!r} tools are not supported by this worker"))
             continue
-        tool = _resolve(ref.id, ref.slug, tools)
+        tool = find_tool(tools, ref)
         if tool is None:
             continue  # reported by the loader
         if tool.slug in attached:
@@ -135,14 +135,6 @@ def revision_tool_problems(
                 reason = f"{name!r} is neither a built-in tool nor the slug of a tool in this revision's tool_refs"
                 problems.append(ToolProblem(f"{prefix}.procedures[{p_index}].tools[{t_index}]", reason))
     return problems
-
-
-def _resolve(
-    tool_id: uuid.UUID | None, slug: str | None, tools: Mapping[uuid.UUID, ToolDefinition]
-) -> ToolDefinition | None:
-    if tool_id is not None:
-        return tools.get(tool_id)
-    return next((t for t in tools.values() if t.slug == slug), None)
 
 
 def _attachment_problems(
