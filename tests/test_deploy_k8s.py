@@ -360,10 +360,11 @@ def test_door_service_reaches_the_door(rendered: list[dict[str, Any]], door: dic
 
 def test_catalog_configmap_is_the_example_catalog(rendered: list[dict[str, Any]]) -> None:
     data = _by_prefix(rendered, "ConfigMap", "voice-worker-catalog")["data"]
-    assert data == {p.name: p.read_text() for p in EXAMPLES.glob("*.yaml")}
+    # a ConfigMap is flat: tools/ files land beside the agents (the loader tells them apart by kind)
+    assert data == {p.name: p.read_text() for p in EXAMPLES.rglob("*.yaml")}
     # deploy/k8s/catalog is a copy kustomize may read (it refuses files outside its directory)
-    assert {p.name: p.read_bytes() for p in (K8S / "catalog").glob("*.yaml")} == {
-        p.name: p.read_bytes() for p in EXAMPLES.glob("*.yaml")
+    assert {p.relative_to(K8S / "catalog"): p.read_bytes() for p in (K8S / "catalog").rglob("*.yaml")} == {
+        p.relative_to(EXAMPLES): p.read_bytes() for p in EXAMPLES.rglob("*.yaml")
     }
 
 
