@@ -28,6 +28,7 @@ from livekit.agents import llm
 
 from catalog.loader import Catalog, CatalogStore
 from catalog.pipeline_config import VoicePipelineConfig
+from pipelines import speaking_rate
 from pipelines.builder import BuiltPipeline, PipelineError, build_llm, build_pipeline
 from pipelines.turn_handling import prewarm_turn_detector
 from pipelines.vad import SharedVAD
@@ -151,6 +152,8 @@ def _first_setup(directory: Path) -> bool:
 
 def build_process_services(settings: Settings, *, shared_vad: SharedVAD | None = None) -> ProcessServices:
     started = time.perf_counter()
+    # livekit's transcript synchronizer, its per-call speaking-rate STFT batched (pipelines/speaking_rate.py)
+    speaking_rate.install()
     vad = shared_vad or process_vad()
     catalog = process_catalog(settings.catalog_path)
     prebuilt = prebuild_pipelines(catalog, settings, vad) if _first_setup(settings.catalog_path) else 0
