@@ -110,6 +110,9 @@ STAGGER_S = 5.0
 # the TTS double renders this many seconds of tone per character (shorter replies keep the run short)
 TTS_SECONDS_PER_CHAR = 0.05
 SAMPLE_INTERVAL_S = 0.5
+# --profile: seconds after the last call started before py-spy starts (every greeting said by then)
+PROFILE_SETTLE_S = 4.0
+GC_PROBE = ROOT / "benchmarks" / "gcprobe"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 log = logging.getLogger("voice_worker.bench.real_server")
@@ -315,7 +318,9 @@ class Agents:
             self.stock.stop()
 
 
-def start_agent(impl: Impl, env: WorkerEnv, doubles: ProviderDoubles, pin: Pinning, workdir: Path) -> Agents:
+def start_agent(
+    impl: Impl, env: WorkerEnv, doubles: ProviderDoubles, pin: Pinning, workdir: Path, **extra_env: str
+) -> Agents:
     """A fresh agent process of `impl`, pinned to the workers' cores, registered and taking calls."""
     with affinity(pin.worker_cpus):
         if impl == "worker":
@@ -326,6 +331,7 @@ def start_agent(impl: Impl, env: WorkerEnv, doubles: ProviderDoubles, pin: Pinni
                 # capacity out of the way: this benchmark finds the limit instead of the configured one
                 JOB_EXECUTOR="thread",
                 WORKER_CALL_CAPACITY="1000",
+                **extra_env,
             )
             agents = Agents(worker=worker)
         else:
@@ -644,6 +650,7 @@ class Batch:
     window_s: float | None = None
     caller_processes: int = 0
     loop_blocked: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] | None = None
 
     def turns(self) -> list[TurnResult]:
         return [t for r in self.results for t in r.turns]
@@ -658,6 +665,7 @@ def run_batch(
     turns: int,
     stagger_s: float,
     first_index: int = 0,
+    profile_s: float | None = None,
 ) -> Batch:
     """`calls` calls against `agents`' `impl`, started over `stagger_s`, from caller processes of up to
     `CALLERS_PER_PROCESS` calls each, while the agent's process tree, livekit-server and the callers are sampled."""
@@ -696,6 +704,7 @@ def run_batch(
             roots[f"callers-{p}"] = proc.pid
             procs.append((proc, Path(spec.result_path)))
         deadline = start_at + stagger_s + 60.0 + turns * 30.0
+        profiler = None if profile_s is None else _start_profiler(ctx, agent_pid, start_at + stagger_s, profile_s)
         results: list[CallResult] = []
         for proc, path in procs:
             try:
@@ -712,9 +721,49 @@ def run_batch(
     missing = calls - len(results)
     results += [CallResult(impl=impl, index=-1, error="caller process produced no result") for _ in range(missing)]
     batch = Batch(impl=impl, calls=calls, results=sorted(results, key=lambda r: r.index), caller_processes=len(procs))
+    if profiler is not None:
+        profiler[0].join()
+        batch.profile = profiler[1]
     _fill_usage(batch, sampler, idle)
     batch.loop_blocked = loop_blocks(agents.log_path(impl), log_offset)
     return batch
+
+
+def _start_profiler(
+    ctx: World, pid: int, all_started_at: float, seconds: float
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """benchmarks/profile_split.py over `seconds` once every call of the batch has started and been greeted, from
+    a thread on the non-worker cores (py-spy, started there, inherits them)."""
+    from benchmarks.profile_split import profile_window
+
+    found: dict[str, Any] = {}
+    out = ctx.workdir / f"py-spy-{pid}.txt"
+
+    def run() -> None:
+        with affinity(ctx.pin.other_cpus):
+            time.sleep(max(0.0, all_started_at + PROFILE_SETTLE_S - time.monotonic()))
+            gc_before = _gc_totals(ctx.workdir, pid)
+            found.update(profile_window(pid, seconds, out))
+            gc_after = _gc_totals(ctx.workdir, pid)
+        if gc_before and gc_after:
+            window = gc_after["at"] - gc_before["at"]
+            spent = [a - b for a, b in zip(gc_after["seconds"], gc_before["seconds"], strict=True)]
+            found["gc"] = {
+                "cpu_percent": round(100 * sum(spent) / window, 2) if window > 0 else None,
+                "collections": [a - b for a, b in zip(gc_after["collections"], gc_before["collections"], strict=True)],
+                "seconds_by_generation": [round(s, 3) for s in spent],
+            }
+
+    thread = threading.Thread(target=run, name="profiler", daemon=True)
+    thread.start()
+    return thread, found
+
+
+def _gc_totals(workdir: Path, pid: int) -> dict[str, Any] | None:
+    """The agent's garbage-collector totals, as benchmarks/gcprobe writes them (None without the probe)."""
+    with contextlib.suppress(OSError, json.JSONDecodeError):
+        return json.loads((workdir / f"gc-probe.{pid}").read_text())  # type: ignore[no-any-return]  # the probe writes a dict
+    return None
 
 
 def _tail(path: Path, chars: int = 2000) -> str:
@@ -968,6 +1017,59 @@ def density(
     }
 
 
+# --profile: the worker as it was before each optimisation of docs/performance.md, then as it is (env of each)
+PROFILE_VARIANTS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("before: livekit's speaking-rate STFT", {"VOICE_WORKER_STOCK_SPEAKING_RATE": "1"}),
+    ("after: batched speaking-rate STFT (pipelines/speaking_rate.py)", {}),
+)
+
+
+def profile(world: World, *, calls: int, turns: int, stagger_s: float, seconds: float) -> dict[str, Any]:
+    """`calls` concurrent calls against a fresh worker of each of `PROFILE_VARIANTS`, alternating, each with its
+    CPU profiled (benchmarks/profile_split.py) and its garbage collections timed (benchmarks/gcprobe) once every
+    call is under way."""
+    pythonpath = os.pathsep.join(p for p in (str(GC_PROBE), os.environ.get("PYTHONPATH", "")) if p)
+    deduct = endpointing_ms() + critical_providers_ms(endpointing_ms())
+    variants: list[dict[str, Any]] = []
+    for name, env in PROFILE_VARIANTS:
+        agents = start_agent(
+            "worker",
+            world.env,
+            world.doubles,
+            world.pin,
+            world.workdir,
+            PYTHONPATH=pythonpath,
+            GC_PROBE_PATH=str(world.workdir / "gc-probe"),
+            **env,
+        )
+        try:
+            batch = run_batch(world, agents, "worker", calls, turns=turns, stagger_s=stagger_s, profile_s=seconds)
+        finally:
+            agents.stop()
+            forget_requests(world.doubles)
+        stats = TurnStats.of("worker", batch.results, calls, turns, deduct)
+        variants.append(
+            {
+                "variant": name,
+                "env": env,
+                "stats": asdict(stats),
+                "agent_cpu_percent": batch.agent_cpu_percent,
+                "agent_cpu_per_call_percent": None
+                if batch.agent_cpu_percent is None
+                else batch.agent_cpu_percent / calls,
+                "profile": batch.profile,
+                "loop_blocked": batch.loop_blocked,
+            }
+        )
+        log.warning(
+            "profile %s: overhead p95 %s ms, worker CPU %s %%",
+            name,
+            _fmt(stats.overhead_p95_ms),
+            _fmt(batch.agent_cpu_percent),
+        )
+    return {"calls": calls, "turns_per_call": turns, "variants": variants}
+
+
 def calls_held(levels_run: Sequence[dict[str, Any]]) -> int:
     held = 0
     for level in levels_run:
@@ -1125,6 +1227,45 @@ def render_markdown(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_profile(report: dict[str, Any]) -> str:
+    """The --profile run as docs/performance.md shows it."""
+    prof = report["profile"]
+    lines = [
+        f"`{report['command']}`: {prof['calls']} calls of {prof['turns_per_call']} turns against each variant "
+        f"({report['pinning']['description']}; load average {report['machine']['load_average_at_start'][0]:.2f} "
+        "at start).",
+    ]
+    for v in prof["variants"]:
+        found = v["profile"] or {}
+        stats = v["stats"]
+        blocked = v["loop_blocked"]
+        lines += [
+            "",
+            f"**{v['variant']}**: {stats['turns']} turns answered ({stats['unanswered']} unanswered), overhead "
+            f"p50 / p95 {_fmt(stats['overhead_p50_ms'])} / {_fmt(stats['overhead_p95_ms'])} ms, worker "
+            f"{_fmt(v['agent_cpu_percent'])} % of its core over the calls ({_fmt(v['agent_cpu_per_call_percent'], 1)}"
+            f" % per call), event loop blocked {blocked.get('count', 0)} times for {blocked.get('total_ms', 0)} ms; "
+            f"profiled window {found.get('window_s')} s.",
+            "",
+            "| worker CPU by runtime (threads) | % of a core |",
+            "|---|---|",
+        ]
+        lines += [f"| {k} | {x} |" for k, x in found.get("cpu_percent_by_runtime", {}).items()]
+        lines += ["", "| GIL-holding samples (py-spy) by bucket | share |", "|---|---|"]
+        python = found.get("python", {})
+        lines += [f"| {k} | {100 * x:.1f} % |" for k, x in python.get("buckets", {}).items()]
+        gc_figures = found.get("gc")
+        if gc_figures:
+            lines += [
+                "",
+                f"Garbage collector: {gc_figures['cpu_percent']} % of a core (collections by generation "
+                f"{gc_figures['collections']}, seconds {gc_figures['seconds_by_generation']}).",
+            ]
+        lines += ["", "| top leaf frames | share |", "|---|---|"]
+        lines += [f"| `{x['frame']}` | {100 * x['share']:.1f} % |" for x in python.get("top_leaves", [])[:8]]
+    return "\n".join(lines)
+
+
 def machine() -> dict[str, Any]:
     return {
         "logical_cores": os.cpu_count(),
@@ -1181,6 +1322,15 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                     webhook_secret=doubles.webhook.secret,
                 )
                 world = World(server, doubles, env, pin, workdir, speech_path)
+                if args.profile:
+                    report["profile"] = profile(
+                        world,
+                        calls=args.profile,
+                        turns=args.density_turns,
+                        stagger_s=args.stagger,
+                        seconds=args.profile_seconds,
+                    )
+                    return report
                 agents: dict[Impl, Agents] = {}
                 try:
                     for impl in IMPLS:
@@ -1296,6 +1446,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--no-pin", action="store_true", help="do not pin the workers to a core of their own")
     parser.add_argument("--keep", action="store_true", help="keep the processes' logs (the JSON says where)")
     parser.add_argument(
+        "--profile", type=int, metavar="CALLS", help="only profile the worker holding CALLS calls (py-spy, GC)"
+    )
+    parser.add_argument("--profile-seconds", type=float, default=15.0, help="--profile: the profiled window")
+    parser.add_argument(
         "--readme",
         type=Path,
         nargs="?",
@@ -1328,9 +1482,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     args.levels = [] if raw_levels == "none" else [int(x) for x in raw_levels.split(",") if x.strip()]
     command = "python -m " + MODULE + " " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     report = run(args, command.strip())
-    path = args.json or default_json(args.short)
+    path = args.json or (RESULTS / "real_server-profile.json" if args.profile else default_json(args.short))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str))
+    if args.profile:
+        print(render_profile(report))
+        print(f"\nResults: {path}")
+        return report
     print(render_markdown(report["summary"]))
     print(f"\nResults: {path} ({report['duration_s']} s)")
     return report
