@@ -6,14 +6,20 @@ each replica grants a key its whole rate limit. PostgreSQL is what several hosts
 replicas on one host. Redis would add a second stateful service to run for two small tables the records
 database already holds, and its latency advantage is invisible next to the session row every call writes.
 
-Both operations are single short transactions, run in worker threads (the engine is synchronous):
-
 - rate limit: one upsert that refills and spends a token atomically (`INSERT … ON CONFLICT DO UPDATE …
   RETURNING`), so concurrent requests on any replica can never spend the same token twice.
 - idempotency: the first request inserts a pending entry (`ON CONFLICT DO NOTHING` decides the winner), mints,
   then stores its response; the others, on any replica, poll until the response is stored and replay it.
   A pending entry carries a lease: if its replica dies mid-request the key becomes usable again after
   `LEASE_S`. Refusals are not stored (the entry is deleted), as in the in-process store.
+
+Each operation is written once, as the statements it runs (`Steps`: a generator that yields a statement with its
+parameters and is sent back the statement's first row), and `_Database` runs it: on PostgreSQL on an asyncio pool
+(door/postgres.py: no worker thread, one round trip per statement; the idempotency claim in one transaction), on
+SQLite in a worker thread as one transaction of the SQLAlchemy engine. The rate limiter's PostgreSQL connections
+commit without waiting for the WAL to reach the disk (`synchronous_commit=off`, per connection): a database crash
+can forget the tokens spent in its last fraction of a second, which only gives keys those requests back, and each
+request saves a disk flush. Idempotency entries stay durable: a forgotten one would let a retry mint a second call.
 
 Times are wall-clock epoch seconds, compared across hosts: replica clocks must be NTP-synchronised (a skew
 of a second only shifts a bucket's refill by a second).
@@ -25,8 +31,8 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Literal, TypeVar
 
 import anyio.to_thread
 import sqlalchemy as sa
@@ -34,6 +40,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from door.idempotency import IdempotencyConflict, StoredResponse
+from door.postgres import AsyncPostgres, Statement, fetch_first
+from door.postgres import Connection as PostgresConnection
 from records.schema import door_idempotency, door_rate_buckets
 
 # A pending entry older than this belongs to a replica that died mid-request; minting takes milliseconds.
@@ -48,6 +56,11 @@ PURGE_EVERY_S = 60.0
 idempotency_entries = door_idempotency
 rate_buckets = door_rate_buckets
 
+T = TypeVar("T")
+# A statement and its parameters; the generator is sent the statement's first row (None when it returned none).
+Step = tuple[Statement, dict[str, Any]]
+Steps = Generator[Step, Any, T]
+
 
 def shared_engine(database_url: str) -> Engine:
     """The records database with its schema current (this module's tables come with the records migrations)."""
@@ -55,13 +68,65 @@ def shared_engine(database_url: str) -> Engine:
     from records.migrate import upgrade
 
     upgrade(database_url)
-    # Enough connections for the worker threads that run these statements under load (anyio's default is 40);
-    # SQLite's writers queue on its file lock whatever the pool.
-    return create_engine(database_url, pool_size=20, max_overflow=20)
+    # On PostgreSQL requests go through the asyncio pools below; the engine only serves synchronous callers.
+    return create_engine(database_url)
 
 
 def _insert(engine: Engine, table: sa.Table) -> Any:
     return postgresql.insert(table) if engine.dialect.name == "postgresql" else sqlite.insert(table)
+
+
+class _Database:
+    """Runs `Steps` against the engine's database: on PostgreSQL on an asyncio pool, else in a worker thread."""
+
+    def __init__(self, engine: Engine, *, postgres_options: str | None = None) -> None:
+        self.engine = engine
+        self._pool: AsyncPostgres | None = None
+        if engine.dialect.name == "postgresql":
+            url = engine.url.render_as_string(hide_password=False)
+            self._pool = AsyncPostgres(url, options=postgres_options)
+
+    def run_sync(self, steps: Steps[T]) -> T:
+        with self.engine.begin() as conn:
+            return _drive_sync(conn, steps)
+
+    async def run(self, make_steps: Callable[[], Steps[T]], *, transaction: bool = False) -> T:
+        """The steps' result; `make_steps` is called again if the pool has to retry on a new connection."""
+        if self._pool is None:
+            return await anyio.to_thread.run_sync(lambda: self.run_sync(make_steps()))
+
+        async def operation(connection: PostgresConnection) -> T:
+            if not transaction:
+                return await _drive_async(connection, make_steps())
+            async with connection.transaction():
+                return await _drive_async(connection, make_steps())
+
+        return await self._pool.run(operation)
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+
+
+def _drive_sync(conn: Connection, steps: Steps[T]) -> T:
+    row = None
+    try:
+        while True:
+            statement, params = steps.send(row)
+            result = conn.execute(statement.clause, params)
+            row = result.first() if result.returns_rows else None
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]  # a generator's return value is typed Any here
+
+
+async def _drive_async(connection: PostgresConnection, steps: Steps[T]) -> T:
+    row = None
+    try:
+        while True:
+            statement, params = steps.send(row)
+            row = await fetch_first(connection, statement, params)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]  # a generator's return value is typed Any here
 
 
 class DatabaseRateLimiter:
@@ -70,42 +135,49 @@ class DatabaseRateLimiter:
     def __init__(self, engine: Engine, per_minute: int, *, clock: Callable[[], float] = time.time) -> None:
         if per_minute < 1:
             raise ValueError("per_minute must be at least 1")
-        self._engine = engine
+        self._database = _Database(engine, postgres_options="-c synchronous_commit=off")
         self._capacity = float(per_minute)
         self._refill_per_s = per_minute / 60.0
         self._clock = clock
         postgres = engine.dialect.name == "postgresql"
-        self._least = sa.func.least if postgres else sa.func.min
-        self._greatest = sa.func.greatest if postgres else sa.func.max
-
-    async def acquire_async(self, key: str) -> int | None:
-        return await anyio.to_thread.run_sync(self.acquire, key)
-
-    def acquire(self, key: str) -> int | None:
-        """Spend one token of `key`: None when allowed, else the whole seconds to wait (Retry-After)."""
-        now = self._clock()
+        least = sa.func.least if postgres else sa.func.min
+        greatest = sa.func.greatest if postgres else sa.func.max
         b = rate_buckets.c
-        elapsed = self._greatest(sa.literal(0.0), sa.literal(now) - b.updated)
-        refilled = self._least(sa.literal(self._capacity), b.tokens + elapsed * self._refill_per_s)
-        statement = (
-            _insert(self._engine, rate_buckets)
-            .values(name=key, tokens=self._capacity - 1.0, updated=now, granted=True)
+        now = sa.bindparam("now", type_=sa.Float)
+        elapsed = greatest(sa.literal(0.0), now - b.updated)
+        refilled = least(sa.literal(self._capacity), b.tokens + elapsed * self._refill_per_s)
+        self._spend_token = Statement(
+            _insert(engine, rate_buckets)
+            .values(
+                name=sa.bindparam("bucket", type_=b.name.type), tokens=self._capacity - 1.0, updated=now, granted=True
+            )
             .on_conflict_do_update(
                 index_elements=[b.name],
                 set_={
                     "tokens": sa.case((refilled >= 1.0, refilled - 1.0), else_=refilled),
                     # A replica whose clock lags must not move the bucket back and refill it twice.
-                    "updated": self._greatest(b.updated, sa.literal(now)),
+                    "updated": greatest(b.updated, now),
                     "granted": refilled >= 1.0,
                 },
             )
             .returning(b.tokens, b.granted)
         )
-        with self._engine.begin() as conn:
-            row = conn.execute(statement).one()
+
+    async def acquire_async(self, key: str) -> int | None:
+        return await self._database.run(lambda: self._spend(key))
+
+    def acquire(self, key: str) -> int | None:
+        """Spend one token of `key`: None when allowed, else the whole seconds to wait (Retry-After)."""
+        return self._database.run_sync(self._spend(key))
+
+    def _spend(self, key: str) -> Steps[int | None]:
+        row = yield self._spend_token, {"bucket": key, "now": self._clock()}
         if row.granted:
             return None
         return max(1, math.ceil((1.0 - float(row.tokens)) / self._refill_per_s))
+
+    async def aclose(self) -> None:
+        await self._database.aclose()
 
 
 Claim = Literal["mine", "conflict", "wait", "replay", "again"]
@@ -115,35 +187,64 @@ class DatabaseIdempotency:
     """The contract of door/idempotency.py's `IdempotencyStore.run`, across replicas."""
 
     def __init__(self, engine: Engine, ttl_s: float, *, clock: Callable[[], float] = time.time) -> None:
-        self._engine = engine
+        self._database = _Database(engine)
         self._ttl_s = ttl_s
         self._clock = clock
         self._purged_at = 0.0
-
-    def _claim(self, scope: str, key: str, fingerprint: str) -> tuple[Claim, StoredResponse | None]:
-        now = self._clock()
         e = idempotency_entries.c
-        slot = sa.and_(e.scope == scope, e.key == key)
-        with self._engine.begin() as conn:
-            self._purge(conn, now)
-            stale = sa.or_(e.expires_at <= now, sa.and_(e.status_code.is_(None), e.lease_until <= now))
-            conn.execute(sa.delete(idempotency_entries).where(slot, stale))
-            inserted = conn.execute(
-                _insert(self._engine, idempotency_entries)
-                .values(
-                    scope=scope,
-                    key=key,
-                    fingerprint=fingerprint,
-                    lease_until=now + LEASE_S,
-                    expires_at=now + self._ttl_s,
-                )
-                .on_conflict_do_nothing(index_elements=[e.scope, e.key])
-                # RETURNING, not rowcount: drivers do not agree on the rowcount of an upsert that did nothing.
-                .returning(e.scope)
-            ).first()
-            if inserted is not None:
-                return "mine", None
-            row = conn.execute(sa.select(e.fingerprint, e.status_code, e.body).where(slot)).first()
+        now = sa.bindparam("now", type_=sa.Float)
+        slot = sa.and_(
+            e.scope == sa.bindparam("slot_scope", type_=e.scope.type),
+            e.key == sa.bindparam("slot_key", type_=e.key.type),
+        )
+        pending = sa.and_(slot, e.status_code.is_(None))
+        self._purge = Statement(sa.delete(idempotency_entries).where(e.expires_at <= now))
+        stale = sa.or_(e.expires_at <= now, sa.and_(e.status_code.is_(None), e.lease_until <= now))
+        self._delete_stale = Statement(sa.delete(idempotency_entries).where(slot, stale))
+        self._insert_pending = Statement(
+            _insert(engine, idempotency_entries)
+            .values(
+                scope=sa.bindparam("slot_scope", type_=e.scope.type),
+                key=sa.bindparam("slot_key", type_=e.key.type),
+                fingerprint=sa.bindparam("claim_fingerprint", type_=e.fingerprint.type),
+                lease_until=sa.bindparam("claim_lease_until", type_=sa.Float),
+                expires_at=sa.bindparam("claim_expires_at", type_=sa.Float),
+            )
+            .on_conflict_do_nothing(index_elements=[e.scope, e.key])
+            # RETURNING, not rowcount: drivers do not agree on the rowcount of an upsert that did nothing.
+            .returning(e.scope)
+        )
+        self._select = Statement(sa.select(e.fingerprint, e.status_code, e.body).where(slot))
+        self._delete_pending = Statement(sa.delete(idempotency_entries).where(pending))
+        self._store_response = Statement(
+            sa.update(idempotency_entries)
+            .where(pending)
+            .values(
+                status_code=sa.bindparam("response_status", type_=sa.Integer),
+                body=sa.bindparam("response_body", type_=e.body.type),
+                expires_at=sa.bindparam("response_expires_at", type_=sa.Float),
+            )
+        )
+
+    def _claim(self, scope: str, key: str, fingerprint: str) -> Steps[tuple[Claim, StoredResponse | None]]:
+        now = self._clock()
+        slot = {"slot_scope": scope, "slot_key": key}
+        if now - self._purged_at >= PURGE_EVERY_S:
+            self._purged_at = now
+            yield self._purge, {"now": now}
+        yield self._delete_stale, {**slot, "now": now}
+        inserted = yield (
+            self._insert_pending,
+            {
+                **slot,
+                "claim_fingerprint": fingerprint,
+                "claim_lease_until": now + LEASE_S,
+                "claim_expires_at": now + self._ttl_s,
+            },
+        )
+        if inserted is not None:
+            return "mine", None
+        row = yield self._select, slot
         if row is None:
             return "again", None  # its owner gave it up between our insert and our read
         if row.fingerprint != fingerprint:
@@ -152,28 +253,20 @@ class DatabaseIdempotency:
             return "wait", None
         return "replay", StoredResponse(int(row.status_code), json.loads(row.body))
 
-    def _purge(self, conn: Connection, now: float) -> None:
-        if now - self._purged_at < PURGE_EVERY_S:
+    def _finish(self, scope: str, key: str, response: StoredResponse | None) -> Steps[None]:
+        slot = {"slot_scope": scope, "slot_key": key}
+        if response is None or not 200 <= response.status_code < 300:
+            yield self._delete_pending, slot
             return
-        self._purged_at = now
-        conn.execute(sa.delete(idempotency_entries).where(idempotency_entries.c.expires_at <= now))
-
-    def _finish(self, scope: str, key: str, response: StoredResponse | None) -> None:
-        e = idempotency_entries.c
-        slot = sa.and_(e.scope == scope, e.key == key, e.status_code.is_(None))
-        with self._engine.begin() as conn:
-            if response is None or not 200 <= response.status_code < 300:
-                conn.execute(sa.delete(idempotency_entries).where(slot))
-                return
-            conn.execute(
-                sa.update(idempotency_entries)
-                .where(slot)
-                .values(
-                    status_code=response.status_code,
-                    body=json.dumps(response.body),
-                    expires_at=self._clock() + self._ttl_s,
-                )
-            )
+        yield (
+            self._store_response,
+            {
+                **slot,
+                "response_status": response.status_code,
+                "response_body": json.dumps(response.body),
+                "response_expires_at": self._clock() + self._ttl_s,
+            },
+        )
 
     async def run(
         self,
@@ -185,7 +278,7 @@ class DatabaseIdempotency:
         """`(response, replayed)`; raises `IdempotencyConflict` when `key` is used for another request."""
         pause = POLL_FIRST_S
         while True:
-            claim, stored = await anyio.to_thread.run_sync(self._claim, scope, key, fingerprint)
+            claim, stored = await self._database.run(lambda: self._claim(scope, key, fingerprint), transaction=True)
             if claim == "replay":
                 assert stored is not None
                 return stored, True
@@ -200,7 +293,10 @@ class DatabaseIdempotency:
             response = await produce()
         except BaseException:
             # A failed request leaves the key free for a retry, as a refusal does.
-            await anyio.to_thread.run_sync(self._finish, scope, key, None)
+            await self._database.run(lambda: self._finish(scope, key, None))
             raise
-        await anyio.to_thread.run_sync(self._finish, scope, key, response)
+        await self._database.run(lambda: self._finish(scope, key, response))
         return response, False
+
+    async def aclose(self) -> None:
+        await self._database.aclose()
