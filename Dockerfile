@@ -35,6 +35,7 @@ COPY procedures ./procedures
 COPY records ./records
 COPY postcall ./postcall
 COPY door ./door
+COPY tools ./tools
 RUN uv pip install --python /opt/venv/bin/python --no-deps --no-cache . \
  && /opt/venv/bin/voice-worker --help >/dev/null
 ENV HF_HOME=/opt/models
