@@ -383,7 +383,7 @@ async def test_a_name_resolving_to_loopback_is_refused_and_the_checked_address_i
     tool = make_tool({"url": f"http://orders.example.test:{api.port}/x"})
     refused = await run(tool, policy=PRODUCTION)
     assert refused.status == "refused"
-    assert refused.error == "refused: orders.example.test resolves to 127.0.0.1, a loopback address"
+    assert refused.error == "orders.example.test resolves to 127.0.0.1, a loopback address"
     assert api.requests == []
     # one bad address among good ones refuses the name
     mixed = await run(make_tool({"url": "http://mixed.example.test/x"}), policy=PRODUCTION)
@@ -454,3 +454,11 @@ def test_the_policy_refuses_every_kind_of_internal_address():
     assert DEV.refusal(ipaddress.ip_address("10.0.0.1")) == "a private address"
     with pytest.raises(ValueError):
         EgressPolicy.from_allowlist(["not a host/"], allow_loopback=False)
+
+
+async def test_an_empty_answer_is_a_plain_success_and_a_broken_template_a_refusal(api: ToolApi):
+    api.answer("/noop", lambda _: web.Response(status=204))
+    done = await run(make_tool({"method": "DELETE", "url": api.base + "/noop"}))
+    assert done.status == "ok" and json.loads(done.for_model(1000)) == {"done": True, "http_status": 204}
+    broken = await run(make_tool({"url": api.base + "/x", "headers": [{"key": "X", "value": "{{ oops"}]}))
+    assert broken.status == "refused" and "template syntax error" in broken.error and api.hits("/x") == []

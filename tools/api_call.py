@@ -66,7 +66,8 @@ class ApiToolResult:
     def for_model(self, max_chars: int) -> str:
         """The text the model reads: the result as JSON within `max_chars`, or what went wrong."""
         if self.status == "ok":
-            text = json.dumps(self.result, ensure_ascii=False, default=str)
+            done = {"done": True, "http_status": self.http_status}
+            text = json.dumps(done if self.result is None else self.result, ensure_ascii=False, default=str)
             if len(text) > max_chars:
                 text = text[: max_chars - len(_TRUNCATED)] + _TRUNCATED
             return text
@@ -192,7 +193,7 @@ class ApiCaller:
                 async with asyncio.timeout(config.timeout):
                     answer = await self._send_once(rendered, config.timeout)
             except EgressRefused as exc:
-                outcome.status, outcome.error = "refused", f"refused: {exc}"
+                outcome.status, outcome.error = "refused", str(exc)
                 return outcome, None
             except _Oversized:
                 outcome.status = "error"
@@ -229,6 +230,8 @@ class ApiCaller:
 
 
 def _decode(answer: _Answer, rendered: RenderedRequest) -> Any:
+    if not answer.body.strip():
+        return None  # 204 No Content and the like
     text = answer.body.decode("utf-8", errors="replace")
     if "json" in answer.content_type.lower() or text.lstrip()[:1] in ("{", "["):
         try:

@@ -264,7 +264,15 @@ def _body(value: Any, values: Mapping[str, Any], where: str) -> Any:
 
 
 def render_request(config: APICallConfiguration, values: Mapping[str, Any], secrets: SecretSource) -> RenderedRequest:
-    """The request `config` describes, filled from `values` (arguments and context variables)."""
+    """The request `config` describes, filled from `values` (arguments and context variables); `RenderError`
+    when it cannot be built (a template that does not parse included: `voice-worker check` reports those)."""
+    try:
+        return _render_request(config, values, secrets)
+    except TemplateError as exc:
+        raise RenderError(str(exc)) from None
+
+
+def _render_request(config: APICallConfiguration, values: Mapping[str, Any], secrets: SecretSource) -> RenderedRequest:
     plain = {k: v for k, v in values.items() if k != ENV}
     if names_used(config.url) & {ENV}:
         raise RenderError("configuration.url: env is only allowed in secure headers and query parameters")
