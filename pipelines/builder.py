@@ -48,6 +48,7 @@ def effective_pipeline(
 # Declared outside BuiltPipeline, whose `stt`, `llm` and `tts` fields shadow the module names in its body.
 # `[Any]`: livekit's STT, LLM and TTS are generic in the extra events a plugin emits (see pipelines/providers.py).
 ProviderObject: TypeAlias = stt.STT[Any] | llm.LLM[Any] | tts.TTS[Any]
+ModelObject: TypeAlias = llm.LLM[Any]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class BuiltPipeline:
     turn_handling: TurnHandlingOptions
     conn_options: SessionConnectOptions
     user_away_timeout: float | None
+    # `voicemail_detection_model` on the primary model's provider; None: the call's own model classifies
+    voicemail_llm: ModelObject | None = None
     # keyword arguments of the behaviour modules (pipelines/interruptions.py)
     extra_session_options: dict[str, Any] = field(default_factory=dict)
     # the provider objects themselves (inside any adapter): they own HTTP clients to close
@@ -205,6 +208,10 @@ def build_pipeline(config: VoicePipelineConfig, settings: SettingsWithKeys, *, v
     stts = [_build_stt(e, config, settings) for e in config.stt_chain]
     llms = [_build_llm(e, settings) for e in config.model_chain]
     ttss = [_build_tts(i, config, settings) for i in range(len(config.tts_chain))]
+    voicemail_llm = None
+    if config.voicemail_detection_mode != "off" and config.voicemail_detection_model:
+        primary = config.model_chain[0]
+        voicemail_llm = _build_llm(primary.model_copy(update={"model": config.voicemail_detection_model}), settings)
 
     stt_out: stt.STT[Any] = stts[0]
     if len(stts) > 1:
@@ -232,6 +239,7 @@ def build_pipeline(config: VoicePipelineConfig, settings: SettingsWithKeys, *, v
         conn_options=session_connect_options(config),
         # the session's "away" state then matches the silence timeout that `CallLimits` enforces
         user_away_timeout=config.silence_timeout_ms / 1000 if config.silence_timeout_ms else None,
+        voicemail_llm=voicemail_llm,
         extra_session_options=interruptions.session_options(config),
-        providers=(*stts, *llms, *ttss),
+        providers=(*stts, *llms, *ttss, *([voicemail_llm] if voicemail_llm else [])),
     )

@@ -223,3 +223,12 @@ def test_multilingual_warnings_name_the_provider_that_cannot_follow() -> None:
         w.startswith("pipeline.multilingual_languages: stt_chain[0] (deepgram)") and "not ko" in w for w in found
     )
     assert any(w.startswith("pipeline.tts_chain[0].provider: a deepgram voice speaks the one language") for w in found)
+
+
+async def test_the_voicemail_model_is_built_on_the_primary_models_provider(built: Callable[..., BuiltPipeline]) -> None:
+    pipeline = built(voicemail_detection_mode="leave_message", voicemail_detection_model="small-classifier")
+    assert pipeline.voicemail_llm is not None
+    assert pipeline.voicemail_llm.model == "small-classifier"
+    assert str(pipeline.voicemail_llm._client.base_url) == LOCAL_LLM["base_url"] + "/"  # type: ignore[attr-defined]
+    assert pipeline.voicemail_llm in pipeline.providers  # closed with the pipeline
+    assert built(voicemail_detection_model="small-classifier").voicemail_llm is None  # detection is off
