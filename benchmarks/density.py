@@ -11,7 +11,7 @@ does not hold):
 The setup function does what `worker.server.setup_process` does (worker/services.py: the VAD model and the
 catalog once per process, every pipeline prebuilt, `gc.freeze()`), with the simulator's settings; the
 entrypoint runs `benchmarks.simulator.run_call` with the job's context, which goes through
-`worker.call.start_call` like `worker.server.entrypoint`.
+`calls.bootstrap.start_call` like `worker.server.entrypoint`.
 
 Each level runs in a fresh Python process (`python -m benchmarks.density --level '<json>'`) so that memory
 and CPU are not carried over from the previous level. Calls start spread over `stagger_s` and all of them

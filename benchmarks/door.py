@@ -4,7 +4,7 @@ Each target is a real process on this machine, started here, and loaded by a sma
 (keep-alive connections, one request at a time on each). Not httpx: on these 2 shared cores httpx spent three
 times the CPU of the server it measured (2.7 s against 0.9 s for 500 requests), so it measured itself.
 - `ceiling`: a bare FastAPI endpoint on the same uvicorn settings that only mints a token (the door's minting
-  core, `worker.tokens.mint_call`) — what this machine can do at all;
+  core, `contract.tokens.mint_call`) — what this machine can do at all;
 - `door-sqlite`: `voice-worker door` in production mode (JSON logs, 20 hashed API keys, rate limits, session row
   written to SQLite per call);
 - `door-postgresql`: the same with DATABASE_URL on PostgreSQL (`--postgres-url`, else a throwaway cluster as
@@ -14,6 +14,11 @@ Two loads per target, Feather requests spread over 20 API keys:
 1. closed loop: `--requests` requests, 50 in flight at any time -> requests per second, p50, p99;
 2. open loop: `--rate` requests per second for `--seconds`, each latency measured from its scheduled start (a
    slow answer cannot hide the queue behind it) -> p50, p99. Goal: p99 <= 100 ms at 200 requests per second.
+Each load also reports the CPU time the server (and PostgreSQL, when the benchmark started it) spent per request:
+unlike latency, it barely moves when other work shares the machine.
+
+`--baseline REV` runs each door target first from git revision REV's code (`git archive`, same virtualenv), then
+from the working tree: before and after a change, in the same run and under the same machine load.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -35,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 
 from door.keys import hash_api_key
@@ -44,6 +51,7 @@ KEYS = 20
 SUPPORT_AGENT = "5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01"
 FEATHER = "/v1/voice/web-call"
 GOAL_P99_MS = 100.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -56,6 +64,8 @@ class LoadResult:
     requests_per_s: float
     p50_ms: float
     p99_ms: float
+    server_cpu_ms_per_request: float | None = None
+    postgres_cpu_ms_per_request: float | None = None
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -185,15 +195,30 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"{url} never became ready")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children so far (PostgreSQL: the postmaster and its backends)."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for process in (root, *root.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 @contextmanager
-def _process(argv: list[str], env: dict[str, str], cwd: Path, port: int, name: str) -> Iterator[str]:
+def _process(
+    argv: list[str], env: dict[str, str], cwd: Path, port: int, name: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     log = cwd / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, process, log)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -223,8 +248,8 @@ def serve_ceiling(port: int) -> None:
     import uvicorn
     from fastapi import FastAPI
 
+    from contract.tokens import mint_call
     from tests.doubles.door_world import make_settings
-    from worker.tokens import mint_call
 
     settings = make_settings(Path(tempfile.mkdtemp(prefix="door-ceiling-")))
     app = FastAPI()
@@ -242,30 +267,77 @@ def serve_ceiling(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", server_header=False)
 
 
-def _run_target(url: str, target: str, args: argparse.Namespace) -> list[LoadResult]:
+def _run_target(
+    url: str, target: str, args: argparse.Namespace, server_pid: int, postgres_pid: int | None
+) -> list[LoadResult]:
     asyncio.run(closed_loop(url, 50, target))  # warm-up: imports, connections, the first session rows
-    results = [asyncio.run(closed_loop(url, args.requests, target))]
-    results.append(asyncio.run(open_loop(url, args.rate, args.seconds, target)))
-    for result in results:
+    results = []
+    for load in (
+        lambda: closed_loop(url, args.requests, target),
+        lambda: open_loop(url, args.rate, args.seconds, target),
+    ):
+        server_before = _cpu_seconds(server_pid)
+        postgres_before = _cpu_seconds(postgres_pid) if postgres_pid else 0.0
+        result = asyncio.run(load())
+        result.server_cpu_ms_per_request = round((_cpu_seconds(server_pid) - server_before) * 1000 / result.requests, 2)
+        if postgres_pid:
+            postgres_ms = (_cpu_seconds(postgres_pid) - postgres_before) * 1000 / result.requests
+            result.postgres_cpu_ms_per_request = round(postgres_ms, 2)
+        postgres_cpu = f", PostgreSQL {result.postgres_cpu_ms_per_request} ms" if postgres_pid else ""
         print(
             f"  {result.load:28} {result.requests_per_s:7.1f} req/s  p50 {result.p50_ms:6.1f} ms  "
-            f"p99 {result.p99_ms:7.1f} ms  errors {result.errors}",
+            f"p99 {result.p99_ms:7.1f} ms  errors {result.errors}  "
+            f"CPU per request: server {result.server_cpu_ms_per_request} ms{postgres_cpu}",
             flush=True,
         )
+        results.append(result)
     return results
 
 
-def _postgres(args: argparse.Namespace, stack: list[Any]) -> str:
-    if args.postgres_url:
-        return str(args.postgres_url)
-    from tests.doubles.postgres import PostgresServer, _Cluster, _find_bin_dir
+class _Postgres:
+    """An empty database per door target: on `--postgres-url`'s server, else on one throwaway cluster."""
 
-    bin_dir = _find_bin_dir()
-    if bin_dir is None:
-        raise RuntimeError("no PostgreSQL: pass --postgres-url or install the server binaries")
-    cluster = _Cluster(bin_dir)
-    stack.append(cluster)
-    return PostgresServer(admin_dsn=cluster.start()).create_database()
+    def __init__(self, url: str | None) -> None:
+        self._url = url
+        self._cluster: Any = None
+        self._server: Any = None
+        self.pid: int | None = None  # the postmaster, when the benchmark started it (its CPU time is measured)
+
+    def database(self) -> str:
+        if self._url:
+            return self._url
+        from tests.doubles.postgres import PostgresServer, _Cluster, _find_bin_dir
+
+        if self._server is None:
+            bin_dir = _find_bin_dir()
+            if bin_dir is None:
+                raise RuntimeError("no PostgreSQL: pass --postgres-url or install the server binaries")
+            self._cluster = _Cluster(bin_dir)
+            self._server = PostgresServer(admin_dsn=self._cluster.start())
+            self.pid = int((self._cluster.data / "postmaster.pid").read_text().split()[0])
+        return str(self._server.create_database())
+
+    def stop(self) -> None:
+        if self._cluster is not None:
+            self._cluster.stop()
+
+
+def _checkout(rev: str) -> Path:
+    """REV's tracked files in a temporary directory (its code, run with this virtualenv)."""
+    into = Path(tempfile.mkdtemp(prefix="door-baseline-"))
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def _door_argv(code: Path | None, voice_worker: Path) -> list[str]:
+    """`voice-worker door`, from the working tree or from another checkout's code (its own entry point)."""
+    if code is None:
+        return [str(voice_worker), "door"]
+    entry = tomllib.loads((code / "pyproject.toml").read_text())["project"]["scripts"]["voice-worker"]
+    module, function = entry.split(":")
+    program = f"import sys; sys.path.insert(0, {str(code)!r}); from {module} import {function}; sys.exit({function}())"
+    return [sys.executable, "-c", program, "door"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--targets", default="ceiling,door-sqlite,door-postgresql")
     parser.add_argument("--postgres-url", help="an empty PostgreSQL database (default: a throwaway cluster)")
+    parser.add_argument("--baseline", metavar="REV", help="also run each door target from this git revision, first")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/door.json"))
     parser.add_argument("--serve-ceiling", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -290,27 +363,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Load average at start (1/5/15 min): {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"Command: {command.strip()}", flush=True)
     results: list[LoadResult] = []
-    clusters: list[Any] = []
+    postgres = _Postgres(args.postgres_url)
+    baseline = _checkout(args.baseline) if args.baseline else None
+    runs: list[tuple[str, str, Path | None]] = []
+    for target in args.targets.split(","):
+        if baseline is not None and target != "ceiling":
+            runs.append((f"{target}@{args.baseline}", target, baseline))
+        runs.append((target, target, None))
     try:
-        for target in args.targets.split(","):
+        for name, target, code in runs:
             work = Path(tempfile.mkdtemp(prefix=f"bench-{target}-"))
             port = free_port()
-            print(target, flush=True)
+            print(name, flush=True)
             if target == "ceiling":
                 env = {**os.environ, "PYTHONUNBUFFERED": "1"}
                 argv_ = [sys.executable, "-m", "benchmarks.door", "--serve-ceiling", str(port)]
-                with _process(argv_, env, work, port, "ceiling") as url:
-                    results += _run_target(url, target, args)
+                with _process(argv_, env, work, port, "ceiling") as (url, process):
+                    results += _run_target(url, name, args, process.pid, None)
                 continue
             if target == "door-sqlite":
-                env = _door_env(work, port, f"sqlite:///{work / 'door.db'}", "memory")
+                env, postgres_pid = _door_env(work, port, f"sqlite:///{work / 'door.db'}", "memory"), None
             else:
-                env = _door_env(work, port, _postgres(args, clusters), "database")
-            with _process([str(VOICE_WORKER), "door"], env, work, port, target) as url:
-                results += _run_target(url, target, args)
+                env, postgres_pid = _door_env(work, port, postgres.database(), "database"), postgres.pid
+            with _process(_door_argv(code, VOICE_WORKER), env, work, port, name) as (url, process):
+                results += _run_target(url, name, args, process.pid, postgres_pid)
     finally:
-        for cluster in clusters:
-            cluster.stop()
+        postgres.stop()
     report = {
         "command": command.strip(),
         "machine": {

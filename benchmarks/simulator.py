@@ -1,7 +1,7 @@
 """The call simulator: whole voice calls through the real worker bootstrap, without a LiveKit server.
 
 One simulated call is what a job process does for a real one, minus the room: real signed dispatch metadata
-in a fake job context, `worker.call.start_call` (verify, admit against the file catalog, seed variables,
+in a fake job context, `calls.bootstrap.start_call` (verify, admit against the file catalog, seed variables,
 build the session from the pipeline config, greet), the real `AgentSession` with the real Silero VAD and
 turn handling (`pipelines.vad.SharedVAD`, `pipelines.turn_handling`), the real supervisor. Only the
 providers are doubles with fixed latencies (tests/doubles and here: the STT's final transcript comes `stt_s` after
@@ -60,17 +60,19 @@ from livekit.agents.voice.room_io import AudioInputOptions
 from livekit.agents.voice.turn import TurnHandlingOptions
 from livekit.plugins import silero
 
+from calls.bootstrap import start_call
+from calls.call import Call, CallServices
 from catalog.loader import CatalogStore
 from catalog.pipeline_config import VoicePipelineConfig
+from contract.dispatch import DispatchRequest, mint_dispatch_metadata
+from contract.settings import EXAMPLE_CATALOG
 from pipelines.builder import BuiltPipeline, build_pipeline
 from pipelines.vad import MAX_BUFFERED_SPEECH_S, PREFIX_PADDING_S, SharedVAD, silero_options
 from tests.doubles.audio_io import CapturingAudioOutput, ScriptedAudioInput
 from tests.doubles.fake_llm import FakeLLM, Reply
 from tests.doubles.fake_speech import FakeSTT, FakeTTS, STTRequest
 from tests.doubles.wav_fixtures import Clip, synthesize_speech
-from worker.call import Call, CallServices, start_call
-from worker.dispatch import DispatchRequest, mint_dispatch_metadata
-from worker.settings import EXAMPLE_CATALOG, Settings
+from worker.settings import Settings
 
 __all__ = [
     "SALES",
@@ -937,7 +939,7 @@ async def run_call(
     tuning: Tuning = DEFAULT_TUNING,
     ctx: JobContext | None = None,
 ) -> CallRecord:
-    """One call through `worker.call.start_call`. Without `ctx` it runs in a fake job context of its own
+    """One call through `calls.bootstrap.start_call`. Without `ctx` it runs in a fake job context of its own
     (in-process); a job process passes its `JobContext`, whose metadata must be a grant from `env.metadata`.
     A call that fails or stalls returns a record with `error` set."""
     if ctx is None:

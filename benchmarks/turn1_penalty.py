@@ -40,16 +40,16 @@ from livekit.agents.voice.generation import update_instructions
 from catalog.loader import load_catalog
 from catalog.models import Revision
 from catalog.pipeline_config import VoicePipelineConfig
+from catalog.variables import CallVariables
+from contract.settings import EXAMPLE_CATALOG
 from pipelines.turn_handling import turn_handling_options
 from pipelines.vad import SharedVAD
 from procedures.agent import CallAgent
 from procedures.supervisor import ProcedureSelector, Supervision, Supervisor
-from procedures.variables import CallVariables
 from tests.doubles.audio_io import CapturingAudioOutput, ScriptedAudioInput
 from tests.doubles.fake_llm import FakeLLM, Reply
 from tests.doubles.fake_speech import FakeSTT, FakeTTS
 from tests.doubles.wav_fixtures import require_espeak, synthesize_speech
-from worker.settings import EXAMPLE_CATALOG
 
 ROUTER_S = 0.250
 LLM_TTFT_S = 0.300

@@ -1,6 +1,4 @@
-"""The web-call door: the HTTP API that mints browser call tokens (Feather and RevDesk contracts)."""
+"""The web-call door: the HTTP API that mints browser call tokens (Feather and RevDesk contracts).
 
-from door.app import create_app
-from door.server import serve
-
-__all__ = ["create_app", "serve"]
+It depends on contract/, catalog/ and records/ (and, for the call page only, on pipelines/ provider registry);
+never on the worker process. `door.app.create_app` builds it, `door.server.serve` runs it."""

@@ -25,11 +25,8 @@ from door.limits import RequestLimits
 from door.metrics import install_metrics
 from door.ratelimit import RateLimiter
 from door.schemas import Health
-from door.server import serve
 from door.sessions import SessionCreator, default_session_creator
-from worker.settings import Settings
-
-__all__ = ["create_app", "serve"]
+from door.settings import DoorSettings
 
 log = logging.getLogger("voice_worker.door")
 
@@ -54,7 +51,7 @@ by every replica (`DOOR_SHARED_STATE=database`).
 
 
 def create_app(
-    settings: Settings,
+    settings: DoorSettings,
     *,
     catalog_store: CatalogStore | None = None,
     session_creator: SessionCreator | None = None,
@@ -125,7 +122,7 @@ def create_app(
     return app
 
 
-def _state(settings: Settings, clock: Callable[[], float]) -> tuple[Limiter, Idempotency]:
+def _state(settings: DoorSettings, clock: Callable[[], float]) -> tuple[Limiter, Idempotency]:
     """Rate-limit buckets and idempotency entries: in this process, or shared through the database."""
     if settings.door_shared_state == "database":
         from door.shared_state import DatabaseIdempotency, DatabaseRateLimiter, shared_engine

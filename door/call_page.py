@@ -29,9 +29,9 @@ from catalog.context_vars import ContextVarSpec
 from catalog.loader import Catalog, CatalogStore
 from catalog.pipeline_config import VoicePipelineConfig
 from door.keys import DEV_API_KEY
+from door.settings import DoorSettings
 from pipelines.providers import PROVIDERS
 from pipelines.validate import pipeline_problems
-from worker.settings import Settings
 
 STATIC = Path(__file__).with_name("static")
 PAGE = STATIC / "call-page.html"
@@ -54,7 +54,7 @@ _SECURITY_HEADERS = {
 _KEY_IN_PROBLEM = re.compile(r"needs an API key: set (\w+)")
 
 
-def enabled(settings: Settings) -> bool:
+def enabled(settings: DoorSettings) -> bool:
     return settings.is_dev or settings.door_call_page
 
 
@@ -71,7 +71,7 @@ def _variable(spec: ContextVarSpec, default: Any) -> dict[str, Any]:
     }
 
 
-def readiness(pipeline: VoicePipelineConfig, settings: Settings) -> dict[str, list[str]]:
+def readiness(pipeline: VoicePipelineConfig, settings: DoorSettings) -> dict[str, list[str]]:
     """What stops a call on `pipeline` before it starts: API key variables to set, and other problems."""
     missing: list[str] = []
     other: list[str] = []
@@ -85,7 +85,7 @@ def readiness(pipeline: VoicePipelineConfig, settings: Settings) -> dict[str, li
     return {"missing_keys": missing, "problems": other}
 
 
-def page_config(catalog: Catalog, settings: Settings) -> dict[str, Any]:
+def page_config(catalog: Catalog, settings: DoorSettings) -> dict[str, Any]:
     agents = []
     for agent in sorted(catalog.agents.values(), key=lambda a: a.name.lower()):
         revision = agent.active_revision
@@ -126,7 +126,7 @@ def page_config(catalog: Catalog, settings: Settings) -> dict[str, Any]:
     }
 
 
-def install(app: FastAPI, settings: Settings, catalog_store: CatalogStore) -> None:
+def install(app: FastAPI, settings: DoorSettings, catalog_store: CatalogStore) -> None:
     """Add the page's routes to the door when `enabled(settings)`; otherwise add nothing (404 as before)."""
     if not enabled(settings):
         return

@@ -23,16 +23,16 @@ import anyio.to_thread
 
 from catalog.context_vars import ValueLimits, coerce_seeds
 from catalog.loader import Catalog, CatalogStore
+from contract.session_type import SessionType
+from contract.tokens import MintedCall, mint_call
 from door.errors import ScopeDenied, SeedsRefused, SessionStoreUnavailable, TargetDisabled, TargetNotFound
 from door.keys import ApiKey
 from door.sessions import SessionCreator, create_session
-from worker.dispatch import SessionType
-from worker.settings import Settings
-from worker.tokens import MintedCall, mint_call
+from door.settings import DoorSettings
 
 log = logging.getLogger("voice_worker.door")
 
-WEB_CALL_SESSION_TYPE: SessionType = "test"
+WEB_CALL_SESSION_TYPE = SessionType.TEST
 CATALOG_RECHECK_S = 1.0
 
 TargetKind = Literal["agent", "team"]
@@ -45,7 +45,7 @@ class CallTarget:
 
 
 class WebCallService:
-    def __init__(self, settings: Settings, catalog_store: CatalogStore, session_creator: SessionCreator) -> None:
+    def __init__(self, settings: DoorSettings, catalog_store: CatalogStore, session_creator: SessionCreator) -> None:
         self._settings = settings
         self._catalog_store = catalog_store
         self._session_creator = session_creator
@@ -101,6 +101,7 @@ class WebCallService:
             agent_id=agent_id,
             team_id=team_id,
             context_variables=seeds or None,
+            public_livekit_url=self._settings.door_public_livekit_url,
         )
         token_bytes = len(minted.access_token)
         if token_bytes > self._settings.door_max_token_bytes:
@@ -149,5 +150,5 @@ class WebCallService:
 
     @staticmethod
     def _call_fields(minted: MintedCall, agent_id: uuid.UUID | None) -> dict[str, str | None]:
-        # The same field names as the worker's call lines (worker/logcontext.py), so one query finds both.
+        # The same field names as the worker's call lines (telemetry/logcontext.py), so one query finds both.
         return {"session_id": str(minted.session_id), "agent_id": str(agent_id) if agent_id else None}

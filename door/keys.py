@@ -25,7 +25,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from worker.settings import DEV_MODE_HINT, Settings, SettingsError
+from contract.settings import DEV_MODE_HINT, SettingsError
+from door.settings import DoorSettings
 
 log = logging.getLogger("voice_worker.door.keys")
 
@@ -144,7 +145,7 @@ def dev_key_ring() -> KeyRing:
     )
 
 
-def key_ring_for(settings: Settings) -> KeyRing:
+def key_ring_for(settings: DoorSettings) -> KeyRing:
     """The keys the door accepts under `settings`; production without a keys file is a `SettingsError`."""
     if settings.door_api_keys_file is not None:
         ring = load_keys_file(settings.door_api_keys_file)

@@ -23,7 +23,8 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from worker.settings import Settings
+from door.app import create_app
+from door.settings import DoorSettings
 
 log = logging.getLogger("voice_worker.door")
 
@@ -75,7 +76,7 @@ class HeaderTimeoutProtocol(H11Protocol):
             self.transport.close()
 
 
-def protocol_for(settings: Settings) -> type[H11Protocol]:
+def protocol_for(settings: DoorSettings) -> type[H11Protocol]:
     # A subclass per server, so two doors in one process (tests) keep their own timeout.
     return type("DoorH11Protocol", (HeaderTimeoutProtocol,), {"header_timeout_s": settings.door_header_timeout_s})
 
@@ -89,12 +90,9 @@ class DoorServer(uvicorn.Server):
             self._captured_signals.clear()
 
 
-def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Server:
+def build_server(settings: DoorSettings, app: FastAPI | None = None) -> uvicorn.Server:
     """A uvicorn server for the door on `DOOR_HOST:DOOR_PORT`, not yet started."""
     if app is None:
-        # Imported here so that door.app can re-export `serve` (the CLI imports it from there).
-        from door.app import create_app
-
         app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -112,6 +110,6 @@ def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Serv
     return DoorServer(config)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: DoorSettings) -> None:
     """Serve the door until SIGINT/SIGTERM. Raises `SettingsError` before binding when misconfigured."""
     build_server(settings).run()

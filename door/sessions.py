@@ -2,7 +2,12 @@
 
 The door needs one thing from storage: create the session row before the browser joins, so the worker and
 post-call processing find it. Any object with a `create_session(...)` method (sync or async) will do; the
-default is `records.store.SessionStore` on `DATABASE_URL` (async; its own worker threads do the blocking).
+default writes to `DATABASE_URL`: on PostgreSQL one INSERT on the door's asyncio pool (`PostgresSessionWriter`),
+on SQLite `records.store.SessionStore` one writer at a time (`OneWriterAtATime`).
+
+A mint returns only after its session row is committed, with PostgreSQL's `synchronous_commit` as the server has it
+(durable by default): a browser must never hold a token whose session a crash could forget. Rows are not batched
+across requests for the same reason; concurrent commits already share WAL flushes in PostgreSQL (group commit).
 """
 
 from __future__ import annotations
@@ -10,12 +15,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import uuid
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 import anyio.to_thread
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
-from worker.dispatch import SessionType
-from worker.settings import Settings
+from contract.session_type import SessionType
+from door.postgres import AsyncPostgres, Connection, Statement, fetch_first, is_postgresql
+from door.settings import DoorSettings
+from records.schema import sessions
+from records.store import SessionStore, check_same_session, created_session_values
 
 
 @runtime_checkable
@@ -54,13 +65,14 @@ async def create_session(
         await result
 
 
-def default_session_creator(settings: Settings) -> SessionCreator:
-    """`records.store.SessionStore` on `DATABASE_URL`, its schema brought current first (as the worker does)."""
-    # Imported here: a door given its own creator (tests, another store) needs no database stack.
+def default_session_creator(settings: DoorSettings) -> SessionCreator:
+    """The session writer for `DATABASE_URL`, its schema brought current first (as the worker does)."""
+    # Imported here: a door given its own creator (tests, another store) needs no migrations (alembic).
     from records.migrate import upgrade
-    from records.store import SessionStore
 
     upgrade(settings.database_url)
+    if is_postgresql(settings.database_url):
+        return PostgresSessionWriter(AsyncPostgres(settings.database_url))
     if not settings.database_url.startswith("sqlite"):
         store: SessionCreator = SessionStore.from_settings(settings)
         return store
@@ -133,3 +145,61 @@ class OneWriterAtATime:
         closer = getattr(self._inner, "aclose", None)
         if closer is not None:
             await closer()
+
+
+class PostgresSessionWriter:
+    """Session rows on PostgreSQL, one `INSERT … ON CONFLICT DO NOTHING` round trip each, on an asyncio pool.
+
+    The row is `records.store.SessionStore.create_session`'s (`created_session_values`), and so is the contract:
+    creating a session again is a no-op with the same type, agent and team, else `SessionConflictError`.
+    """
+
+    def __init__(self, pool: AsyncPostgres) -> None:
+        self._pool = pool
+        columns = list(_created_values(uuid.uuid4(), SessionType.TEST, agent_id=uuid.uuid4(), team_id=None, seeds=None))
+        self._insert = Statement(
+            postgresql.insert(sessions)
+            .values({column: sa.bindparam(column, type_=sessions.c[column].type) for column in columns})
+            .on_conflict_do_nothing(index_elements=[sessions.c.id])
+            .returning(sessions.c.id)
+        )
+        self._existing = Statement(
+            sa.select(sessions.c.session_type, sessions.c.agent_id, sessions.c.team_id).where(
+                sessions.c.id == sa.bindparam("id", type_=sessions.c.id.type)
+            )
+        )
+
+    async def create_session(
+        self,
+        session_id: uuid.UUID,
+        session_type: SessionType,
+        agent_id: uuid.UUID | None = None,
+        team_id: uuid.UUID | None = None,
+        context_variables: dict[str, Any] | None = None,
+    ) -> None:
+        values = _created_values(session_id, session_type, agent_id=agent_id, team_id=team_id, seeds=context_variables)
+
+        async def insert(connection: Connection) -> Any:
+            if await fetch_first(connection, self._insert, values) is not None:
+                return None
+            return await fetch_first(connection, self._existing, {"id": session_id})
+
+        existing = await self._pool.run(insert)
+        if existing is not None:
+            check_same_session(existing._asdict(), values)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+def _created_values(
+    session_id: uuid.UUID,
+    session_type: SessionType,
+    *,
+    agent_id: uuid.UUID | None,
+    team_id: uuid.UUID | None,
+    seeds: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return created_session_values(
+        session_id, session_type, datetime.now(UTC), agent_id=agent_id, team_id=team_id, context_variables=seeds
+    )

@@ -19,10 +19,11 @@ from typing import Any, Protocol, TypeVar
 
 from livekit.agents import llm
 
+from contract.session_type import SessionType
 from postcall.memory import MemoryExtractor
 from postcall.payload import webhook_payload
 from postcall.summary import summarize
-from records.outcome import MemoryState, SessionOutcome, SessionType, SummaryState
+from records.outcome import MemoryState, SessionOutcome, SummaryState
 from records.record import SessionRecord
 from records.store import PostcallResult, SessionStore
 

@@ -1,24 +1,28 @@
 """The livekit `Agent` that speaks for one catalog agent during a call.
 
 Its instructions are the revision's system prompt rendered over the call's variables; its tools are what the
-revision grants before a procedure is chosen (end the call, record a derived variable, and in a team the
-handoff to another member). Once the supervisor (procedures/supervisor.py) has chosen a procedure, the
-agent runs under `instructions_for(procedure)` (the system prompt followed by the procedure's instructions)
-and `tools_for(procedure)` (the procedure's tools). The supervisor also takes over `llm_node` for turn 1.
+revision grants before a procedure is chosen (end the call, record a derived variable, in a team the handoff
+to another member, and the platform tools its `tool_refs` attach, tools/function_tools.py). Once the supervisor
+(procedures/supervisor.py) has chosen a procedure, the agent runs under `instructions_for(procedure)` (the
+system prompt followed by the procedure's instructions) and `tools_for(procedure)` (the procedure's tools). The
+supervisor also takes over `llm_node` for turn 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, Callable, Sequence
 
 from livekit.agents import Agent, llm
 from livekit.agents.voice.agent import ModelSettings
 
 from catalog.models import Procedure, Revision, ToolName
-from procedures.supervisor import LLMNodeChunk, Supervisor
+from catalog.variables import CallVariables
+from procedures.supervisor import LLMNodeChunk, SupervisedAgent, Supervisor
 from procedures.templates import render
 from procedures.tools import end_call_tool, record_variable_tool
-from procedures.variables import CallVariables
+from tools.function_tools import CallTools
+from tools.transfer import TeamHandoff
 
 AgentTool = llm.Tool | llm.Toolset
 
@@ -36,10 +40,11 @@ def _tool_ids(tools: Sequence[AgentTool]) -> frozenset[str]:
     return frozenset(llm.ToolContext(list(tools)).function_tools)
 
 
-class CallAgent(Agent):
+class CallAgent(SupervisedAgent):
     """`handoff_tool` is the team's transfer tool (team calls only); `extra_tools` are always available,
     whatever the procedure; `reply_on_enter` makes the agent answer as soon as it takes over (a handoff);
-    `label` names the agent in the session's history (a team member's router name)."""
+    `label` names the agent in the session's history (a team member's router name); `platform_tools` builds the
+    revision's attached tools, and `team_handoff` lets a call_transfer tool hand a web caller to a member."""
 
     def __init__(
         self,
@@ -53,6 +58,8 @@ class CallAgent(Agent):
         supervisor: Supervisor | None = None,
         reply_on_enter: bool = False,
         label: str | None = None,
+        platform_tools: CallTools | None = None,
+        team_handoff: TeamHandoff | None = None,
     ) -> None:
         self.revision = revision
         self.variables = variables
@@ -64,6 +71,12 @@ class CallAgent(Agent):
             "record_variable": [recorder] if recorder is not None else [],
             "handoff": [handoff_tool] if handoff_tool is not None else [],
         }
+        if platform_tools is not None:
+            attached = platform_tools.for_revision(
+                revision, variables, on_variables_changed=self.refresh_instructions, team_handoff=team_handoff
+            )
+            for slug, tool in attached.items():
+                self._granted.setdefault(slug, [tool])
         self._always: list[AgentTool] = list(extra_tools)
         super().__init__(
             instructions=render(revision.system_prompt, variables.template_values()),
@@ -82,6 +95,14 @@ class CallAgent(Agent):
             return base
         steps = render(procedure.instructions, values)
         return f"{base}\n\nFollow this procedure for the rest of the call ({procedure.name}):\n{steps}"
+
+    async def refresh_instructions(self) -> None:
+        """The instructions rendered again over the variables as they are now (a tool's output bindings changed
+        some), under the procedure chosen so far, so the next turn sees the new values."""
+        decision = self.supervisor.decision if self.supervisor is not None else None
+        # RuntimeError: the agent left the session (handoff, close) while the tool ran
+        with contextlib.suppress(RuntimeError):
+            await self.update_instructions(self.instructions_for(decision.procedure if decision else None))
 
     def tools_for(self, procedure: Procedure | None) -> list[AgentTool]:
         """Before a choice (None) every tool the agent has; under a procedure, the ones it grants."""

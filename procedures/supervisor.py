@@ -41,21 +41,19 @@ import json
 import logging
 import re
 import uuid
+from abc import abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from livekit.agents import Agent, AgentSession, FlushSentinel, llm
 from livekit.agents.voice.agent import ModelSettings
 from livekit.agents.voice.events import ConversationItemAddedEvent, UserInputTranscribedEvent
-from livekit.agents.voice.generation import update_instructions
 
 from catalog.models import Procedure, Revision
 from procedures.router import ConstrainedRouter, RouteOption, RouteResult
-
-if TYPE_CHECKING:
-    from procedures.agent import CallAgent
+from records.outcome import MemberChange, ProcedureChoice
 
 log = logging.getLogger("voice_worker.supervisor")
 
@@ -115,33 +113,14 @@ class ProcedureDecision:
     agent_id: uuid.UUID | None = None
     detail: str | None = None
 
-    def as_record(self) -> dict[str, Any]:
-        """The fields of the session record's `ProcedureChoice` (records/outcome.py)."""
-        return {
-            "id": self.procedure.id if self.procedure else None,
-            "name": self.procedure.name if self.procedure else None,
-            "router_latency_ms": self.router_latency_ms,
-            "reason": self.reason,
-        }
-
-
-@dataclass(frozen=True)
-class MemberChange:
-    """The caller moving between team members; `from_member_id` None is the call's first placement."""
-
-    at: datetime
-    from_member_id: uuid.UUID | None
-    to_member_id: uuid.UUID
-    reason: str | None
-
-    def as_record(self) -> dict[str, Any]:
-        """The fields of the session record's `MemberChange` (records/outcome.py)."""
-        return {
-            "at": self.at,
-            "from_member_id": self.from_member_id,
-            "to_member_id": self.to_member_id,
-            "reason": self.reason,
-        }
+    def as_choice(self) -> ProcedureChoice:
+        """The session record's view of this decision."""
+        return ProcedureChoice(
+            id=self.procedure.id if self.procedure else None,
+            name=self.procedure.name if self.procedure else None,
+            router_latency_ms=self.router_latency_ms,
+            reason=self.reason,
+        )
 
 
 @dataclass
@@ -158,11 +137,8 @@ class Supervision:
         """The call's procedure choice for the session record: the first turn's."""
         return self.decisions[0] if self.decisions else None
 
-    def procedure_record(self) -> dict[str, Any] | None:
-        return self.procedure.as_record() if self.procedure else None
-
-    def member_change_records(self) -> list[dict[str, Any]]:
-        return [change.as_record() for change in self.member_changes]
+    def procedure_choice(self) -> ProcedureChoice | None:
+        return self.procedure.as_choice() if self.procedure else None
 
 
 class ProcedureSelector:
@@ -331,6 +307,20 @@ def _candidate_name(procedure: Procedure | None) -> str:
     return procedure.name if procedure is not None else "(default)"
 
 
+class SupervisedAgent(Agent):
+    """What the supervisor drives: an agent that can say which instructions and tools each procedure gets
+    (procedures/agent.py `CallAgent`)."""
+
+    @abstractmethod
+    def instructions_for(self, procedure: Procedure | None) -> str: ...
+
+    @abstractmethod
+    def tools_for(self, procedure: Procedure | None) -> list[llm.Tool | llm.Toolset]: ...
+
+    @abstractmethod
+    def tool_ids_for(self, procedure: Procedure | None) -> frozenset[str]: ...
+
+
 class Supervisor:
     """Turn-1 procedure choice (and team placement) for one `CallAgent`; see the module docstring."""
 
@@ -349,8 +339,8 @@ class Supervisor:
         self.max_speculation = max_speculation
         self.speculations: list[Speculation] = []
         self._team_route = team_route
-        self._agent: CallAgent | None = None
-        self._session: AgentSession[None] | None = None
+        self._agent: SupervisedAgent | None = None
+        self._session: AgentSession[Any] | None = None
         # turn-1 routings by utterance: a longer transcript routes again, but an older routing is kept
         # (never cancelled) because livekit may still commit the generation that awaits it
         self._turns: dict[str, _Turn] = {}
@@ -381,7 +371,7 @@ class Supervisor:
 
     # -- lifecycle (CallAgent.on_enter / on_exit) ----------------------------------------------------------
 
-    def bind(self, agent: CallAgent) -> None:
+    def bind(self, agent: SupervisedAgent) -> None:
         if self._agent is not None and self._agent is not agent:
             raise RuntimeError("a Supervisor serves one agent")
         self._agent = agent
@@ -389,7 +379,7 @@ class Supervisor:
             # a team router's answer could not be acted on without the member's transfer tool
             self._team_route = None
 
-    def start(self, session: AgentSession[None], chat_ctx: llm.ChatContext) -> None:
+    def start(self, session: AgentSession[Any], chat_ctx: llm.ChatContext) -> None:
         self._session = session
         # An agent entered by handoff inherits a conversation: its last user message is already committed.
         last = _last_user_text(chat_ctx)
@@ -544,10 +534,22 @@ class Supervisor:
         assert agent is not None
         if procedure is not None:
             chat_ctx = chat_ctx.copy()
-            update_instructions(chat_ctx, instructions=agent.instructions_for(procedure), add_if_missing=True)
+            _set_instructions(chat_ctx, agent.instructions_for(procedure))
             allowed = agent.tool_ids_for(procedure)
             tools = [t for t in tools if t.id in allowed]
         return _Stream(name, Agent.default.llm_node(agent, chat_ctx, tools, model_settings))
+
+
+def _set_instructions(chat_ctx: llm.ChatContext, text: str) -> None:
+    """`text` as the agent's instructions in this copy of the context: livekit keeps them as the first system
+    message (its id and time kept, so the message is the one livekit itself would update), else they go first."""
+    for index, item in enumerate(chat_ctx.items):
+        if isinstance(item, llm.ChatMessage) and item.role in ("system", "developer"):
+            chat_ctx.items[index] = llm.ChatMessage(
+                id=item.id, role=item.role, content=[text], created_at=item.created_at
+            )
+            return
+    chat_ctx.items.insert(0, llm.ChatMessage(role="system", content=[text]))
 
 
 def _transfer_chunk(target: str) -> llm.ChatChunk:

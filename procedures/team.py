@@ -33,18 +33,19 @@ from livekit.agents.voice.events import RunContext
 from catalog.models import Agent as CatalogAgent
 from catalog.models import Team, TeamMember
 from catalog.pipeline_config import ModelChainEntry
+from catalog.variables import CallVariables
 from procedures.agent import CallAgent
 from procedures.router import ConstrainedRouter, RouteOption
 from procedures.supervisor import (
     DEFAULT_MAX_SPECULATION,
     TEAM_ROUTER_REASON,
     TRANSFER_TOOL,
-    MemberChange,
     Supervision,
     Supervisor,
     TeamRoute,
 )
-from procedures.variables import CallVariables
+from records.outcome import MemberChange
+from tools.function_tools import CallTools
 
 log = logging.getLogger("voice_worker.team")
 
@@ -71,8 +72,10 @@ class TeamCall:
         supervision: Supervision,
         initial_variables: CallVariables | None = None,
         max_speculation: int = DEFAULT_MAX_SPECULATION,
+        platform_tools: CallTools | None = None,
     ) -> None:
         self.team = team
+        self._platform_tools = platform_tools
         self._agents = agents
         self._system_values = dict(system_values)
         self._on_end = on_end
@@ -156,6 +159,9 @@ class TeamCall:
             supervisor=supervisor,
             reply_on_enter=reply_on_enter,
             label=member.router_name,
+            platform_tools=self._platform_tools,
+            # a call_transfer tool hands a web caller to a member (None: the team's fallback member)
+            team_handoff=lambda name, reason, chat_ctx: self.transfer(member, name or "", reason, chat_ctx),
         )
 
     # -- the team router (mode supervisor, turn 1) ----------------------------------------------------------

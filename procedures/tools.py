@@ -15,7 +15,7 @@ from livekit.agents.llm import Toolset, function_tool
 from livekit.agents.voice.events import RunContext
 
 from catalog.context_vars import ContextVarError
-from procedures.variables import CallVariables
+from catalog.variables import CallVariables
 
 # `record_variable(context, name, value) -> str` as a function tool (see `record_variable_tool`).
 RecordVariableTool: TypeAlias = llm.FunctionTool[[RunContext[None], str, str], Coroutine[Any, Any, str]]

@@ -14,11 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-
-class SessionType(StrEnum):
-    LIVE = "live"
-    TEST = "test"
-    SIMULATION = "simulation"
+from contract.session_type import SessionType
 
 
 class SessionStatus(StrEnum):
@@ -136,6 +132,23 @@ class MemberChange(_Model):
     reason: str | None = None
 
 
+class ToolCallRecord(_Model):
+    """One run of a platform tool (tools/function_tools.py): when, how long, how it ended. Never its arguments,
+    request or response, which may carry what the caller said or what a secret opened."""
+
+    name: str
+    tool_id: uuid.UUID | None = None
+    tool_type: str
+    started_at: datetime
+    ended_at: datetime
+    duration_ms: float = Field(ge=0)
+    # ok | http_error | timeout | refused | invalid_arguments | error | transferred | handed_off | unavailable
+    status: str
+    http_status: int | None = None
+    attempts: int = Field(0, ge=0)
+    error: str | None = None
+
+
 TranscriptRole = Literal["user", "assistant", "system", "developer"]
 
 
@@ -170,6 +183,7 @@ class SessionOutcome(_Model):
     member_changes: tuple[MemberChange, ...] = ()
     transcript: tuple[TranscriptItem, ...] = ()
     turn_metrics: tuple[TurnMetrics, ...] = ()
+    tool_calls: tuple[ToolCallRecord, ...] = ()
     usage: dict[str, Any] = Field(default_factory=dict)
     summary_instructions: str | None = None
 

@@ -12,14 +12,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from contract.session_type import SessionType
 from records.outcome import (
     MemberChange,
     MemoryState,
     ProcedureChoice,
     SessionStatus,
     SessionTerminationReason,
-    SessionType,
     SummaryState,
+    ToolCallRecord,
     TranscriptItem,
     TurnMetrics,
 )
@@ -46,6 +47,7 @@ class SessionRecord(_Read):
     member_changes: tuple[MemberChange, ...]
     transcript: tuple[TranscriptItem, ...]
     turn_metrics: tuple[TurnMetrics, ...]
+    tool_calls: tuple[ToolCallRecord, ...] = ()
     usage: dict[str, Any]
     summary: str | None
     summary_state: SummaryState

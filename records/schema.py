@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
+from contract.session_type import SessionType
 from records.outcome import as_utc
 
 
@@ -27,7 +28,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return None if value is None else as_utc(value)
 
 
-SESSION_TYPES = ("live", "test", "simulation")
+SESSION_TYPES = tuple(t.value for t in SessionType)
 SESSION_STATUSES = ("created", "active", "ended")
 SUMMARY_STATES = ("pending", "completed", "skipped", "suppressed", "failed")
 MEMORY_STATES = ("pending", "synced", "skipped", "suppressed")
@@ -70,6 +71,8 @@ sessions = sa.Table(
     sa.Column("member_changes", sa.JSON(), nullable=False),
     sa.Column("transcript", sa.JSON(), nullable=False),
     sa.Column("turn_metrics", sa.JSON(), nullable=False),
+    # platform tool runs (records.outcome.ToolCallRecord); NULL on rows written before 0004 and before the call ends
+    sa.Column("tool_calls", sa.JSON(), nullable=True),
     sa.Column("usage", sa.JSON(), nullable=False),
     sa.Column("summary", sa.Text(), nullable=True),
     sa.Column("summary_state", sa.String(16), nullable=False),

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from contract.session_type import SessionType
 from records.engine import create_engine
 from records.facts import StoredFact, plan_merge
 from records.outcome import (
@@ -29,7 +30,6 @@ from records.outcome import (
     ProcedureChoice,
     SessionOutcome,
     SessionStatus,
-    SessionType,
     SummaryState,
 )
 from records.record import MemoryFact, OutboxItem, SessionRecord
@@ -81,6 +81,52 @@ def _require_one_owner(agent_id: uuid.UUID | None, team_id: uuid.UUID | None) ->
         raise ValueError("exactly one of agent_id and team_id is required")
 
 
+def new_session_values(session_id: uuid.UUID, session_type: SessionType, now: datetime) -> dict[str, Any]:
+    """A new session row's columns, before its agent or team and seeds."""
+    suppressed = session_type is SessionType.TEST
+    return {
+        "id": session_id,
+        "session_type": session_type.value,
+        "status": SessionStatus.CREATED.value,
+        "created_at": now,
+        "updated_at": now,
+        "member_changes": [],
+        "transcript": [],
+        "turn_metrics": [],
+        "usage": {},
+        "summary_state": (SummaryState.SUPPRESSED if suppressed else SummaryState.PENDING).value,
+        "memory_state": (MemoryState.SUPPRESSED if suppressed else MemoryState.PENDING).value,
+    }
+
+
+def created_session_values(
+    session_id: uuid.UUID | str,
+    session_type: SessionType | str,
+    now: datetime,
+    *,
+    agent_id: uuid.UUID | None,
+    team_id: uuid.UUID | None,
+    context_variables: Mapping[str, Any] | None,
+    end_user_id: str | None = None,
+) -> dict[str, Any]:
+    """The row `SessionStore.create_session` inserts (the door's PostgreSQL writer inserts the same one)."""
+    _require_one_owner(agent_id, team_id)
+    values = new_session_values(_as_uuid(session_id), SessionType(session_type), now)
+    values.update(
+        agent_id=agent_id,
+        team_id=team_id,
+        end_user_id=end_user_id,
+        context_variables=dict(context_variables) if context_variables is not None else None,
+    )
+    return values
+
+
+def check_same_session(existing: Mapping[Any, Any], created: Mapping[str, Any]) -> None:
+    """Creating a session again is a no-op only with the same type, agent and team; else `SessionConflictError`."""
+    if any(existing[column] != created[column] for column in ("session_type", "agent_id", "team_id")):
+        raise SessionConflictError(f"session {created['id']} already exists with another type, agent or team")
+
+
 def _to_record(row: sa.Row[Any]) -> SessionRecord:
     m = row._mapping
     procedure = None
@@ -110,6 +156,7 @@ def _to_record(row: sa.Row[Any]) -> SessionRecord:
         member_changes=m["member_changes"],
         transcript=m["transcript"],
         turn_metrics=m["turn_metrics"],
+        tool_calls=m["tool_calls"] or (),
         usage=m["usage"],
         summary=m["summary"],
         summary_state=m["summary_state"],
@@ -177,20 +224,7 @@ class SessionStore:
         return _to_record(row)
 
     def _new_session_values(self, session_id: uuid.UUID, session_type: SessionType, now: datetime) -> dict[str, Any]:
-        suppressed = session_type is SessionType.TEST
-        return {
-            "id": session_id,
-            "session_type": session_type.value,
-            "status": SessionStatus.CREATED.value,
-            "created_at": now,
-            "updated_at": now,
-            "member_changes": [],
-            "transcript": [],
-            "turn_metrics": [],
-            "usage": {},
-            "summary_state": (SummaryState.SUPPRESSED if suppressed else SummaryState.PENDING).value,
-            "memory_state": (MemoryState.SUPPRESSED if suppressed else MemoryState.PENDING).value,
-        }
+        return new_session_values(session_id, session_type, now)
 
     # --- sessions -------------------------------------------------------------------------------------
 
@@ -204,23 +238,23 @@ class SessionStore:
         end_user_id: str | None = None,
     ) -> SessionRecord:
         """The door's call. Idempotent on the id; the same id with another type/agent/team is a conflict."""
-        sid, stype = _as_uuid(session_id), SessionType(session_type)
+        sid = _as_uuid(session_id)
         _require_one_owner(agent_id, team_id)
 
         def tx(conn: Connection) -> SessionRecord:
-            row = self._select_session(conn, sid)
-            if row is not None:
-                m = row._mapping
-                if m["session_type"] != stype.value or m["agent_id"] != agent_id or m["team_id"] != team_id:
-                    raise SessionConflictError(f"session {sid} already exists with another type, agent or team")
-                return _to_record(row)
-            values = self._new_session_values(sid, stype, self.now())
-            values.update(
+            values = created_session_values(
+                sid,
+                session_type,
+                self.now(),
                 agent_id=agent_id,
                 team_id=team_id,
+                context_variables=context_variables,
                 end_user_id=end_user_id,
-                context_variables=dict(context_variables) if context_variables is not None else None,
             )
+            row = self._select_session(conn, sid)
+            if row is not None:
+                check_same_session(row._mapping, values)
+                return _to_record(row)
             conn.execute(sa.insert(sessions).values(**values))
             return self._written_session(conn, sid)
 
@@ -296,6 +330,7 @@ class SessionStore:
                 "member_changes": [c.model_dump(mode="json") for c in outcome.member_changes],
                 "transcript": [t.model_dump(mode="json") for t in outcome.transcript],
                 "turn_metrics": [t.model_dump(mode="json") for t in outcome.turn_metrics],
+                "tool_calls": [t.model_dump(mode="json") for t in outcome.tool_calls],
                 "usage": outcome.usage,
                 "updated_at": now,
             }

@@ -17,16 +17,19 @@ import httpx
 import pytest
 from livekit.agents import llm
 
+from calls import status as call_status
 from catalog.loader import load_catalog
+from cli import main as cli
+from cli.devstack import DevStack, StackOptions
+from contract.settings import EXAMPLE_CATALOG
 from door import call_page
 from door.app import create_app
 from door.keys import DEV_API_KEY
+from door.settings import DoorSettings
 from procedures.supervisor import ProcedureDecision, Supervision
 from tests.doubles.door_sessions import RecordingSessionCreator
 from tests.doubles.door_world import FakeClock, make_settings
-from worker import call_status, cli
-from worker.devstack import DevStack, StackOptions
-from worker.settings import EXAMPLE_CATALOG, Settings
+from worker.settings import Settings
 
 SUPPORT = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01")
 
@@ -68,7 +71,7 @@ async def test_production_config_offers_no_key_and_the_typed_variables(staff_doo
     support = next(a for a in config["agents"] if a["id"] == str(SUPPORT))
     variables = {v["name"]: v for v in support["context_variables"]}
     # system variables are the worker's to set: never offered
-    assert set(variables) == {"customer_name", "tier", "order_count", "wants_callback"}
+    assert set(variables) == {"customer_name", "tier", "order_count", "wants_callback", "order_status"}
     assert variables["tier"]["type"] == "enum" and variables["tier"]["enum_values"] == ["standard", "gold", "platinum"]
     assert variables["order_count"]["type"] == "int" and variables["order_count"]["default"] == 0
     assert variables["wants_callback"]["type"] == "bool"
@@ -165,23 +168,24 @@ async def test_call_status_survives_a_closed_room() -> None:
 
 
 def test_dev_runs_the_stack_with_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker import devstack
+    from cli import devstack
 
-    seen: list[tuple[Settings, StackOptions]] = []
-    monkeypatch.setattr(devstack, "run_dev_stack", lambda s, o: seen.append((s, o)) or 0)
+    seen: list[tuple[Settings, DoorSettings, StackOptions]] = []
+    monkeypatch.setattr(devstack, "run_dev_stack", lambda s, d, o: seen.append((s, d, o)) or 0)
     # `--livekit-url` is exported for the stack's children; monkeypatch puts the variable back afterwards
     monkeypatch.setenv("LIVEKIT_URL", "ws://localhost:7880")
     argv = ["dev", "--livekit-url", "ws://127.0.0.1:7999", "--door-port", "8111", "--node-ip", "127.0.0.9"]
     assert cli.main(argv) == 0
-    settings, options = seen[0]
+    settings, door_settings, options = seen[0]
+    assert door_settings.is_dev
     assert settings.is_dev and settings.livekit_url == "ws://127.0.0.1:7999"
     assert (options.door_port, options.node_ip) == (8111, "127.0.0.9")
 
 
 def test_the_dev_door_binds_loopback_unless_given_an_address(tmp_path: Path) -> None:
     wildcard = make_settings(tmp_path, VOICE_WORKER_MODE="dev", DOOR_HOST="0.0.0.0")
-    assert DevStack(wildcard, StackOptions()).door_host == "127.0.0.1"
+    assert DevStack(Settings(), wildcard, StackOptions()).door_host == "127.0.0.1"
     chosen = make_settings(tmp_path, VOICE_WORKER_MODE="dev", DOOR_HOST="127.0.0.2", DOOR_PORT=8123)
-    stack = DevStack(chosen, StackOptions())
+    stack = DevStack(Settings(), chosen, StackOptions())
     assert stack.door_host == "127.0.0.2" and stack.door_url() == "http://127.0.0.2:8123"
-    assert DevStack(chosen, StackOptions(door_port=8124)).door_url() == "http://127.0.0.2:8124"
+    assert DevStack(Settings(), chosen, StackOptions(door_port=8124)).door_url() == "http://127.0.0.2:8124"

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 from catalog.loader import CatalogStore, load_catalog
-from worker.settings import EXAMPLE_CATALOG
+from contract.settings import EXAMPLE_CATALOG
 
 SUPPORT = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01")
 SALES = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a02")
@@ -58,7 +58,7 @@ def test_kind_and_duplicate_ids(tmp_path):
     problems = [str(p) for p in load_catalog(directory).problems]
     # Files load in name order, so the second definition is the one refused.
     assert f"support.yaml: id: {SUPPORT} is already defined in copy.yaml" in problems
-    assert "weird.yaml: kind: must be 'agent' or 'team', not 'robot'" in problems
+    assert "weird.yaml: kind: must be 'agent', 'team' or 'tool', not 'robot'" in problems
 
 
 def test_store_reloads_changes_and_keeps_serving(tmp_path):

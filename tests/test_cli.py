@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 from livekit import api
 
+from calls.call import CallServices
 from catalog.loader import CatalogStore
+from cli import main as cli
+from cli.console import run_console
+from contract.settings import EXAMPLE_CATALOG
 from tests.doubles.fake_llm import FakeLLM, Reply
-from worker import cli
-from worker.call import CallServices
-from worker.console import run_console
-from worker.settings import EXAMPLE_CATALOG, Settings
+from worker.settings import Settings
 
 SUPPORT = "5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01"
 TEAM = "3a9f8e7d-6c5b-4a4f-9e3d-2c1b0a9f8e01"
@@ -53,7 +54,7 @@ def test_check_ok_prints_one_summary_line(capsys):
     code, out, _ = run(["check"], capsys)
     assert code == 0
     assert out.strip().splitlines() == [
-        f"catalog OK: {EXAMPLE_CATALOG}: 2 agents (2 enabled), 1 teams, 6 procedures on active revisions"
+        f"catalog OK: {EXAMPLE_CATALOG}: 2 agents (2 enabled), 1 teams, 6 procedures on active revisions, 1 tools"
     ]
 
 
@@ -199,7 +200,7 @@ def test_unreachable_livekit_is_one_clear_line_and_the_worker_keeps_retrying():
         PROMETHEUS_PORT="0",
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "start"],
+        [sys.executable, "-m", "cli.main", "start"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -303,7 +303,7 @@ def test_selfhosted_catalog_passes_check_without_provider_keys(tmp_path: Path) -
     }
     # cwd: a directory without .env, so only what is set here counts
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "check", "--catalog", str(SELFHOSTED_CATALOG)],
+        [sys.executable, "-m", "cli.main", "check", "--catalog", str(SELFHOSTED_CATALOG)],
         cwd=tmp_path,
         env={**env, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -322,7 +322,7 @@ def test_example_catalog_needs_provider_keys(tmp_path: Path) -> None:
         if not k.endswith("_API_KEY") and k not in ("CATALOG_PATH", "VOICE_WORKER_MODE")
     }
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "check", "--catalog", str(EXAMPLES)],
+        [sys.executable, "-m", "cli.main", "check", "--catalog", str(EXAMPLES)],
         cwd=tmp_path,
         env={**env, "PYTHONPATH": str(ROOT)},
         capture_output=True,

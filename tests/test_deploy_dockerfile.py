@@ -267,7 +267,7 @@ def test_context_leaves_out(path: str, ignore_patterns: list[str]) -> None:
         "requirements.lock",
         "pyproject.toml",
         "README.md",
-        "worker/cli.py",
+        "cli/main.py",
         "catalog/examples/support.yaml",
         "records/migrations/versions/0001_initial.py",
         "door/app.py",

@@ -10,7 +10,7 @@ from datetime import timedelta
 import jwt
 import pytest
 
-from worker.dispatch import (
+from contract.dispatch import (
     MAX_GRANT_LIFETIME,
     DispatchClaims,
     DispatchRejected,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from contract.settings import SettingsError
 from door.app import create_app
 from door.keys import (
     DEV_API_KEY,
@@ -22,7 +23,6 @@ from door.keys import (
 )
 from tests.doubles.door_sessions import RecordingSessionCreator
 from tests.doubles.door_world import KEY_ALL, KEY_SUPPORT_ONLY, SUPPORT_AGENT, make_settings
-from worker.settings import SettingsError
 
 
 def test_hash_is_the_hex_sha256_of_the_key() -> None:

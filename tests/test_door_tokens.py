@@ -17,6 +17,7 @@ import jwt
 import pytest
 from livekit import api
 
+from contract.dispatch import DispatchRejected, RejectReason, verify_dispatch_metadata
 from door.app import create_app
 from tests.doubles.door_sessions import RecordingSessionCreator
 from tests.doubles.door_world import (
@@ -35,7 +36,6 @@ from tests.doubles.door_world import (
     revdesk_headers,
     revdesk_path,
 )
-from worker.dispatch import DispatchRejected, RejectReason, verify_dispatch_metadata
 
 
 @pytest.fixture

@@ -20,18 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from calls.call import CallServices
 from catalog.loader import CatalogStore
-from worker import cli
-from worker.call import CallServices
+from cli import main as cli
+from cli.console import run_console, text_session_kwargs
+from contract.settings import DEV_DISPATCH_SIGNING_SECRET, EXAMPLE_CATALOG, SettingsError
+from door.settings import DoorSettings, load_door_settings
 from worker.connectivity import REPEAT_AT_LEAST_S, UnreachableLiveKitFilter
-from worker.console import run_console, text_session_kwargs
-from worker.settings import (
-    DEV_DISPATCH_SIGNING_SECRET,
-    EXAMPLE_CATALOG,
-    Settings,
-    SettingsError,
-    load_settings,
-)
+from worker.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPPORT = "5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01"
@@ -75,7 +71,7 @@ def test_env_example_copied_to_dotenv_gives_dev_mode_with_every_empty_value_unse
     assert settings.livekit_credentials() == ("devkey", "secret")
     assert settings.signing_secret() == DEV_DISPATCH_SIGNING_SECRET
     # not Path("") == Path("."), a directory the door then failed to read
-    assert settings.door_api_keys_file is None
+    assert DoorSettings().door_api_keys_file is None
     assert settings.postcall_webhook_url is None and settings.openai_api_key is None
     # .env.example's own comment: metrics are off in dev unless PROMETHEUS_PORT is set
     assert settings.metrics_port is None
@@ -89,14 +85,14 @@ def test_an_empty_environment_variable_is_unset_too(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("DRAIN_TIMEOUT_S", "")
     settings = Settings(_env_file=None)  # type: ignore[call-arg]  # pydantic-settings' init-only option
     assert settings.signing_secret() == DEV_DISPATCH_SIGNING_SECRET
-    assert settings.door_api_keys_file is None
+    assert DoorSettings(_env_file=None).door_api_keys_file is None  # type: ignore[call-arg]  # pydantic-settings' init-only option
     assert settings.drain_timeout_s == 600
 
 
 def test_the_door_of_a_copied_env_example_serves_the_dev_key(newcomer: Path) -> None:
     from door.keys import DEV_API_KEY, key_ring_for
 
-    ring = key_ring_for(Settings())  # DOOR_API_KEYS_FILE= is unset, not the directory "."
+    ring = key_ring_for(DoorSettings())  # DOOR_API_KEYS_FILE= is unset, not the directory "."
     key = ring.authenticate(DEV_API_KEY)
     assert key is not None and key.name == "dev"
 
@@ -104,13 +100,17 @@ def test_the_door_of_a_copied_env_example_serves_the_dev_key(newcomer: Path) -> 
 def test_every_wrong_setting_is_one_line_naming_it_and_how_to_fix_it(monkeypatch: pytest.MonkeyPatch) -> None:
     _clear_settings_env(monkeypatch)
     with pytest.raises(SettingsError) as info:
-        load_settings(_env_file=None, JOB_EXECUTOR="fiber", DOOR_PORT="eighty", DRAIN_TIMEOUT_S="0")
+        load_settings(_env_file=None, JOB_EXECUTOR="fiber", DATABASE_URL=None, DRAIN_TIMEOUT_S="0")
     problems = info.value.problems
-    assert sorted(p.split(":", 1)[0] for p in problems) == ["DOOR_PORT", "DRAIN_TIMEOUT_S", "JOB_EXECUTOR"]
+    assert sorted(p.split(":", 1)[0] for p in problems) == ["DATABASE_URL", "DRAIN_TIMEOUT_S", "JOB_EXECUTOR"]
+    with pytest.raises(SettingsError) as door:
+        load_door_settings(_env_file=None, DOOR_PORT="eighty")
+    assert [p.split(":", 1)[0] for p in door.value.problems] == ["DOOR_PORT"]
+    problems = (*problems, *door.value.problems)
     for problem in problems:
         variable = problem.split(":", 1)[0]
         assert "\n" not in problem and f"fix {variable} in .env or the environment" in problem
-    assert "fiber" not in str(info.value) and "eighty" not in str(info.value), "a value was echoed"
+    assert "fiber" not in str(info.value) and "eighty" not in str(door.value), "a value was echoed"
 
 
 def test_production_names_each_missing_secret_and_dev_mode(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,7 +180,7 @@ def test_web_call_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     env = {name: value for name, value in os.environ.items() if name not in settings_names}
     env.update(VOICE_WORKER_MODE="dev", DATABASE_URL=f"sqlite:///{tmp_path}/records.db")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "web-call", "--agent-id", SUPPORT, "--var", "customer_name=Dana"],
+        [sys.executable, "-m", "cli.main", "web-call", "--agent-id", SUPPORT, "--var", "customer_name=Dana"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -210,7 +210,7 @@ def test_an_unexpected_error_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys
     def broken(_: object) -> int:
         raise RuntimeError("catalog store exploded\nsecond line")
 
-    monkeypatch.setattr(cli, "_check", broken)
+    monkeypatch.setattr(cli, "check", broken)
     assert cli.main(["check"]) == 1
     assert capsys.readouterr().err == "voice-worker: check failed: RuntimeError: catalog store exploded\n"
 
@@ -223,7 +223,7 @@ def test_ctrl_c_and_ctrl_d_end_a_command_with_exit_0(
     def interrupted(_: object) -> int:
         raise interrupt
 
-    monkeypatch.setattr(cli, "_check", interrupted)
+    monkeypatch.setattr(cli, "check", interrupted)
     assert cli.main(["check"]) == 0
     assert capsys.readouterr().err == ""
 
@@ -378,7 +378,7 @@ def test_console_after_a_failed_turn_ends_on_ctrl_c_and_ctrl_d_with_exit_0(
     env = {name: value for name, value in os.environ.items() if name not in settings_names}
     env.update(KEYS, VOICE_WORKER_MODE="dev", OPENAI_BASE_URL=f"http://127.0.0.1:{unused_port}/v1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "console", "--agent-id", SUPPORT, "--var", "customer_name=Dana"],
+        [sys.executable, "-m", "cli.main", "console", "--agent-id", SUPPORT, "--var", "customer_name=Dana"],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -10,8 +10,9 @@ from pydantic import ValidationError
 
 from catalog.loader import load_catalog
 from catalog.pipeline_config import ModelChainEntry, STTEntry, TTSEntry, VoicePipelineConfig
+from contract.settings import EXAMPLE_CATALOG
 from pipelines.validate import pipeline_problems
-from worker.settings import EXAMPLE_CATALOG, Settings
+from worker.settings import Settings
 
 KEY_ENVS = ("OPENAI_API_KEY", "DEEPGRAM_API_KEY", "OPENAI_COMPATIBLE_API_KEY")
 

@@ -29,14 +29,15 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from cli import main as cli
 from postcall.outbox import OutboxDelivery
 from postcall.processor import PostCallProcessor
 from records import migrate
 from records.outcome import SessionOutcome, TranscriptItem
 from records.store import SessionStore
+from telemetry import metrics
 from tests.doubles.postgres import database_url, postgres_server, postgres_url  # noqa: F401 - pytest fixtures
 from tests.doubles.webhook_receiver import WebhookReceiver, reserve_port
-from worker import cli, metrics
 from worker.settings import Settings
 
 SECRET = "whsec-delivery-test-secret-0123456789"

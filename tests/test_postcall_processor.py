@@ -13,10 +13,11 @@ import pytest
 from livekit.agents import llm
 from livekit.agents._exceptions import APIStatusError
 
+from contract.session_type import SessionType
 from postcall.memory import TOOL_NAME, LLMMemoryExtractor
 from postcall.processor import PostCallProcessor
 from records import migrate
-from records.outcome import MemoryState, SessionOutcome, SessionType, SummaryState, TranscriptItem
+from records.outcome import MemoryState, SessionOutcome, SummaryState, TranscriptItem
 from records.store import SessionStore
 from tests.doubles.fake_llm import FakeLLM, Reply
 from tests.doubles.postgres import database_url, postgres_server, postgres_url  # noqa: F401 - pytest fixtures

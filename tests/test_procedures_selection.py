@@ -13,14 +13,15 @@ from livekit.agents._exceptions import APIStatusError
 from catalog.loader import load_catalog
 from catalog.models import Procedure, Team
 from catalog.pipeline_config import ModelChainEntry
+from catalog.variables import CallVariables
+from contract.settings import EXAMPLE_CATALOG
 from procedures.agent import CallAgent
 from procedures.router import ConstrainedRouter, RouteOption, RouterModels
 from procedures.supervisor import ProcedureSelector, fallback_procedure, keyword_match, normalize
 from procedures.templates import render
 from procedures.validate import procedure_problems, revision_problems, team_problems
-from procedures.variables import CallVariables
 from tests.doubles.fake_llm import FakeLLM, Reply
-from worker.settings import EXAMPLE_CATALOG, Settings
+from worker.settings import Settings
 
 CATALOG = load_catalog(EXAMPLE_CATALOG)
 SUPPORT = CATALOG.agents[uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01")]
@@ -151,7 +152,7 @@ async def test_selector_reasons():
     selector = ProcedureSelector(REVISION, FakeLLM([choose("refund_request")]), agent_id=SUPPORT.id)
     decided = await selector.decide("my money back please")
     assert (decided.reason, decided.procedure.name, decided.agent_id) == ("router", "refund_request", SUPPORT.id)
-    assert decided.as_record()["id"] == by_name("refund_request").id
+    assert decided.as_choice().id == by_name("refund_request").id
 
     # with no always-on procedure a router failure keeps the revision's own behaviour
     no_fallback = REVISION.model_copy(update={"procedures": (by_name("refund_request"),)})

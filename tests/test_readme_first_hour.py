@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 import yaml
 
-from worker import cli
+from cli import main as cli
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -313,8 +313,8 @@ def test_inspect_dispatch_names_unknown_agent_as_troubleshooting_says(
 ) -> None:
     import uuid
 
-    from worker.dispatch import DispatchRequest, mint_dispatch_metadata
-    from worker.settings import DEV_DISPATCH_SIGNING_SECRET
+    from contract.dispatch import DispatchRequest, mint_dispatch_metadata
+    from contract.settings import DEV_DISPATCH_SIGNING_SECRET
 
     monkeypatch.chdir(tmp_path)
     metadata = mint_dispatch_metadata(

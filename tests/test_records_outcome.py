@@ -9,8 +9,8 @@ import pytest
 from livekit.agents import llm
 from pydantic import ValidationError
 
+from calls.history import transcript_from_history, turn_metrics_from_history
 from records.facts import StoredFact, fact_key, normalize_fact, plan_merge
-from records.history import transcript_from_history, turn_metrics_from_history
 from records.outcome import SessionOutcome, SessionTerminationReason
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker.settings import DEV_DISPATCH_SIGNING_SECRET, Settings, SettingsError
+from contract.settings import DEV_DISPATCH_SIGNING_SECRET, SettingsError
+from worker.settings import Settings
 
 GOOD = {
     "VOICE_WORKER_MODE": "production",

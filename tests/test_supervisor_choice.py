@@ -19,11 +19,11 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
 from catalog.loader import load_catalog
 from catalog.models import Procedure, Revision
+from catalog.variables import CallVariables
+from contract.settings import EXAMPLE_CATALOG
 from procedures.agent import CallAgent
 from procedures.supervisor import Supervision, Supervisor
-from procedures.variables import CallVariables
 from tests.doubles.fake_llm import FakeLLM, FakeLLMStream, Reply
-from worker.settings import EXAMPLE_CATALOG
 
 SUPPORT = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01")
 CATALOG = load_catalog(EXAMPLE_CATALOG)
@@ -168,8 +168,8 @@ async def test_first_utterance_picks_the_procedure(utterance: str, procedure: st
         assert decision is not None and decision.reason == reason
         assert decision.procedure is not None and decision.procedure.name == procedure
         assert (decision.router_latency_ms is None) == (router_calls == 0)
-        record = supervision.procedure_record()
-        assert record == {
+        record = supervision.procedure_choice()
+        assert record is not None and record.model_dump() == {
             "id": decision.procedure.id,
             "name": procedure,
             "router_latency_ms": decision.router_latency_ms,
@@ -298,7 +298,8 @@ async def test_no_enabled_procedures_needs_no_router_and_keeps_the_default():
         assert last_reply(result) == "[default] reply"
         await settled(supervisor)
     assert doubles.router.calls == []
-    assert supervision.procedure_record() == {
+    choice = supervision.procedure_choice()
+    assert choice is not None and choice.model_dump() == {
         "id": None,
         "name": None,
         "router_latency_ms": None,

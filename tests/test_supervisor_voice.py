@@ -10,9 +10,9 @@ import pytest
 
 from benchmarks import turn1_penalty as bench
 from catalog.loader import load_catalog
+from contract.settings import EXAMPLE_CATALOG
 from pipelines.vad import SharedVAD
 from tests.doubles.wav_fixtures import require_espeak, synthesize_speech
-from worker.settings import EXAMPLE_CATALOG
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,15 @@ import pytest
 from livekit.agents import llm
 from livekit.agents.testing import fake_job_context
 
+from calls.bootstrap import start_call
+from calls.call import CallServices
 from catalog.loader import CatalogStore
+from contract.dispatch import DispatchRequest, mint_dispatch_metadata
+from contract.settings import EXAMPLE_CATALOG
 from procedures.agent import CallAgent
 from records.outcome import MemberChange, ProcedureChoice
 from tests.doubles.fake_llm import FakeLLM, Reply
-from worker.call import CallServices, start_call
-from worker.dispatch import DispatchRequest, mint_dispatch_metadata
-from worker.settings import EXAMPLE_CATALOG, Settings
+from worker.settings import Settings
 
 SUPPORT = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01")
 TEAM = uuid.UUID("3a9f8e7d-6c5b-4a4f-9e3d-2c1b0a9f8e01")
@@ -85,10 +87,11 @@ async def test_agent_call_records_the_procedure_choice(settings: Settings):
             await call.session.aclose()
 
     assert offered == {"choose_procedure": [["refund_request", "none"]]}
-    choice = ProcedureChoice(**call.supervision.procedure_record())
+    choice = call.supervision.procedure_choice()
+    assert isinstance(choice, ProcedureChoice)
     assert choice.name == "refund_request" and choice.reason == "router"
     assert choice.router_latency_ms is not None
-    assert call.supervision.member_change_records() == []
+    assert call.supervision.member_changes == []
 
 
 async def test_team_call_greets_with_the_initial_member_and_moves_to_sales(settings: Settings):
@@ -114,7 +117,9 @@ async def test_team_call_greets_with_the_initial_member_and_moves_to_sales(setti
     assert offered["choose_team_member"] == [["support", "sales", "none"]]
     # support's own procedure router ran alongside (turn 1 is not delayed by the team router); then sales's
     assert offered["choose_procedure"] == [["refund_request", "none"], ["pricing_question", "none"]]
-    [change] = [MemberChange(**record) for record in call.supervision.member_change_records()]
+    [change] = call.supervision.member_changes
+    assert isinstance(change, MemberChange)
     assert (change.from_member_id, change.to_member_id, change.reason) == (SUPPORT_MEMBER, SALES_MEMBER, "team_router")
-    choice = ProcedureChoice(**call.supervision.procedure_record())
+    choice = call.supervision.procedure_choice()
+    assert isinstance(choice, ProcedureChoice)
     assert choice.name == "pricing_question"

@@ -12,12 +12,12 @@ from livekit.agents import AgentSession, llm
 
 from catalog.loader import load_catalog
 from catalog.models import Team, TeamMember
+from contract.settings import EXAMPLE_CATALOG
 from procedures.agent import CallAgent
 from procedures.supervisor import TEAM_ROUTER_REASON, Supervision
 from procedures.team import TeamCall
 from records.outcome import MemberChange as MemberChangeRecord
 from tests.doubles.fake_llm import FakeLLM, Reply
-from worker.settings import EXAMPLE_CATALOG
 
 CATALOG = load_catalog(EXAMPLE_CATALOG)
 TEAM = CATALOG.teams[uuid.UUID("3a9f8e7d-6c5b-4a4f-9e3d-2c1b0a9f8e01")]
@@ -118,7 +118,7 @@ async def test_team_router_moves_the_caller_on_turn_one_with_the_history():
         SALES_MEMBER.id,
         TEAM_ROUTER_REASON,
     )
-    MemberChangeRecord(**change.as_record())
+    assert isinstance(change, MemberChangeRecord)  # the session record's own type, not a copy to convert
     [decision] = supervision.decisions  # support's choice was never applied: the caller left it
     assert decision.agent_id == SALES_AGENT and decision.procedure.name == "pricing_question"
     assert supervision.team_route is not None and supervision.team_route.choice == "sales"

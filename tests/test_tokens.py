@@ -10,9 +10,9 @@ import jwt
 import pytest
 from livekit import api
 
-from worker.dispatch import DispatchRejected, RejectReason, verify_dispatch_metadata
+from contract.dispatch import DispatchRejected, RejectReason, verify_dispatch_metadata
+from contract.tokens import TOKEN_TTL, mint_call
 from worker.settings import Settings
-from worker.tokens import TOKEN_TTL, mint_call
 
 AGENT = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01")
 

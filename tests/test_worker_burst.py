@@ -23,10 +23,10 @@ from livekit.agents import JobExecutorType, JobProcess
 from prometheus_client import REGISTRY
 
 from catalog.loader import Catalog, CatalogStore
+from contract.dispatch import DispatchRequest, mint_dispatch_metadata
 from tests.doubles.held_call import idle_entrypoint
 from tests.doubles.livekit_server import AvailabilityAnswer, LiveKitServerDouble, WorkerStatusUpdate
 from worker.capacity import CallLoad
-from worker.dispatch import DispatchRequest, mint_dispatch_metadata
 from worker.server import DispatchGate, VoiceWorkerServer, create_server
 from worker.settings import Settings
 

@@ -9,11 +9,13 @@ import pytest
 from livekit.agents import llm
 from livekit.agents.testing import fake_job_context
 
+from calls.bootstrap import start_call
+from calls.call import CallServices
 from catalog.loader import CatalogStore
+from contract.dispatch import DispatchRejected, DispatchRequest, mint_dispatch_metadata
+from contract.settings import EXAMPLE_CATALOG
 from tests.doubles.fake_llm import FakeLLM, Reply
-from worker.call import CallServices, start_call
-from worker.dispatch import DispatchRejected, DispatchRequest, mint_dispatch_metadata
-from worker.settings import EXAMPLE_CATALOG, Settings
+from worker.settings import Settings
 
 SUPPORT = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01")
 

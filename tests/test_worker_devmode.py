@@ -10,7 +10,9 @@ from collections.abc import Iterator
 import pytest
 from livekit.agents import __main__ as livekit_cli
 
-from worker import cli, devserver
+from cli import main as cli
+from cli import worker_commands
+from worker import devserver
 
 URL = "ws://localhost:7880"
 
@@ -33,7 +35,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
     monkeypatch.setattr(livekit_cli, "main", livekit_main)
     # run_worker exports these for the job processes; keep them out of the other tests
     monkeypatch.setenv("VOICE_WORKER_MODE", "dev")
-    monkeypatch.setenv("CATALOG_PATH", str(cli.APP.parent.parent / "catalog" / "examples"))
+    monkeypatch.setenv("CATALOG_PATH", str(worker_commands.APP.parent.parent / "catalog" / "examples"))
     monkeypatch.setenv("LIVEKIT_URL", URL)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-real")
     monkeypatch.setenv("DEEPGRAM_API_KEY", "dg-test-not-real")
@@ -45,7 +47,7 @@ def test_dev_runs_the_worker_while_the_dev_server_is_up(events: list[tuple[str, 
     assert cli.main(["dev", "--worker-only"]) == 0
     assert [kind for kind, _ in events] == ["dev server up", "worker", "dev server down"]
     assert events[0][1] == URL
-    assert events[1][1] == ["start", str(cli.APP), "--log-level", "INFO", "--dev"]
+    assert events[1][1] == ["start", str(worker_commands.APP), "--log-level", "INFO", "--dev"]
 
 
 def test_start_logs_json_and_starts_no_dev_server(events: list[tuple[str, object]], monkeypatch: pytest.MonkeyPatch):
@@ -54,4 +56,4 @@ def test_start_logs_json_and_starts_no_dev_server(events: list[tuple[str, object
     monkeypatch.setenv("DISPATCH_SIGNING_SECRET", "dispatch-start-signing-a1b2c3d4e5f60718293a4b5c")
     monkeypatch.setenv("PROMETHEUS_PORT", "0")
     assert cli.main(["start"]) == 0
-    assert events == [("worker", ["start", str(cli.APP), "--log-level", "INFO", "--log-format", "json"])]
+    assert events == [("worker", ["start", str(worker_commands.APP), "--log-level", "INFO", "--log-format", "json"])]

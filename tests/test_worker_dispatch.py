@@ -23,10 +23,11 @@ import pytest
 from livekit.agents import AgentServer, JobExecutorType
 
 from catalog.loader import CatalogStore
+from contract.dispatch import DispatchRequest, mint_dispatch_metadata
+from contract.settings import EXAMPLE_CATALOG
 from tests.doubles.livekit_server import LiveKitServerDouble
-from worker.dispatch import DispatchRequest, mint_dispatch_metadata
 from worker.server import DispatchGate, create_server
-from worker.settings import EXAMPLE_CATALOG, Settings
+from worker.settings import Settings
 
 API_KEY = "devkey"
 API_SECRET = "worker-test-livekit-secret-0123456789abcdef"

@@ -25,13 +25,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from catalog.loader import CatalogStore
+from contract.dispatch import DispatchRequest, mint_dispatch_metadata
+from contract.settings import EXAMPLE_CATALOG
 from records.migrate import upgrade
 from records.store import SessionStore
 from tests.doubles.livekit_server import LiveKitServerDouble
 from tests.doubles.webhook_receiver import WebhookReceiver, reserve_port
-from worker.dispatch import DispatchRequest, mint_dispatch_metadata
 from worker.server import DispatchGate
-from worker.settings import EXAMPLE_CATALOG, Settings
+from worker.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 SUPPORT = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01")

@@ -18,10 +18,10 @@ from livekit.agents import JobExecutorType
 from prometheus_client import REGISTRY
 
 import worker.services  # noqa: F401 - plugins register on the main thread; thread-executor jobs import it later
+from contract.dispatch import DispatchRequest, mint_dispatch_metadata
 from tests.doubles.held_call import idle_entrypoint
 from tests.doubles.livekit_server import LiveKitServerDouble, WorkerStatusUpdate
 from worker.capacity import CallLoad, blended_load
-from worker.dispatch import DispatchRequest, mint_dispatch_metadata
 from worker.server import VoiceWorkerServer, create_server
 from worker.settings import Settings, get_settings
 

@@ -22,15 +22,16 @@ import pytest
 from livekit.agents.cli.log import JsonFormatter
 from livekit.agents.testing import fake_job_context
 
+from calls.bootstrap import start_call
+from contract.dispatch import DispatchRequest, mint_dispatch_metadata
+from contract.settings import EXAMPLE_CATALOG
 from records.migrate import upgrade
+from telemetry import logcontext
 from tests.doubles.openai_server import OpenAIServerDouble, Reply, ToolCall
 from tests.doubles.webhook_receiver import WebhookReceiver
-from worker import logcontext
-from worker.call import start_call
-from worker.dispatch import DispatchRequest, mint_dispatch_metadata
 from worker.server import after_call
 from worker.services import build_process_services
-from worker.settings import EXAMPLE_CATALOG, Settings
+from worker.settings import Settings
 
 SUPPORT = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01")
 SECRETS = {
@@ -132,7 +133,7 @@ async def test_every_record_of_a_call_carries_its_ids_and_no_secret(
             first = len(capture.records)
             call = await start_call(ctx, services, room=None)
             await call.session.run(user_input="I want to return my blender, it arrived broken")
-            call.record_end("participant_left")
+            call.state.end("participant_left")
             await after_call(call, services)
             of_the_call = capture.records[first:]
             job_id = ctx.job.id

@@ -26,24 +26,25 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
+from calls.bootstrap import start_call
 from catalog.loader import CatalogStore
+from contract.dispatch import DispatchRequest, mint_dispatch_metadata
+from contract.settings import EXAMPLE_CATALOG
 from postcall.memory import LLMMemoryExtractor
 from postcall.outbox import DrainResult, OutboxDelivery
 from postcall.processor import PostCallProcessor
 from records.migrate import upgrade
 from records.store import SessionStore
+from telemetry import metrics
 from tests.doubles.audio_io import CapturingAudioOutput
 from tests.doubles.fake_llm import FakeLLM, Reply
 from tests.doubles.fake_speech import FakeTTS
 from tests.doubles.livekit_server import LiveKitServerDouble
 from tests.doubles.webhook_receiver import WebhookReceiver, reserve_port
-from worker import metrics
-from worker.call import start_call
-from worker.dispatch import DispatchRequest, mint_dispatch_metadata
 from worker.outbox_loop import OutboxLoop
 from worker.server import after_call, create_server
 from worker.services import ProcessServices
-from worker.settings import EXAMPLE_CATALOG, Settings
+from worker.settings import Settings
 
 SUPPORT = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01")
 API_KEY, API_SECRET = "devkey", "metrics-test-livekit-secret-0123456789abcdef"
@@ -176,7 +177,7 @@ async def simulated_call(services: ProcessServices, session_id: uuid.UUID, utter
     with fake_job_context(job_metadata=grant(session_id)) as ctx:
         call = await start_call(ctx, services, room=None, before_start=speak_out)
         await call.session.run(user_input=utterance)
-        call.record_end("participant_left")
+        call.state.end("participant_left")
         await after_call(call, services)
 
 

@@ -5,14 +5,28 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tools.api_call import HttpLimits
 from tools.ssrf import EgressPolicy
 from tools.templating import SecretSource
 
-if TYPE_CHECKING:
-    from worker.settings import Settings
+
+class ToolSettings(Protocol):
+    """The settings tools read (worker/settings.py provides them); a protocol, so tools/ need not import the
+    worker process package."""
+
+    @property
+    def is_dev(self) -> bool: ...
+
+    tool_egress_allowlist: str
+    tool_max_response_bytes: int
+    tool_max_result_chars: int
+    tool_env_prefix: str
+    tool_filler_after_ms: int
+    tool_filler_text: str
+    sip_outbound_trunk_id: str | None
+
 
 DEFAULT_FILLER_TEXT = "One moment while I look that up."
 
@@ -29,7 +43,7 @@ class ToolConfig:
     sip_outbound_trunk_id: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> ToolConfig:
+    def from_settings(cls, settings: ToolSettings, environ: Mapping[str, str] | None = None) -> ToolConfig:
         return cls(
             policy=EgressPolicy.from_allowlist(
                 settings.tool_egress_allowlist.split(","), allow_loopback=settings.is_dev

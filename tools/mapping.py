@@ -19,7 +19,7 @@ from typing import Any
 
 from catalog.context_vars import ContextVarError
 from catalog.tools import ResponseFieldMapping
-from procedures.variables import CallVariables
+from catalog.variables import CallVariables
 
 log = logging.getLogger("voice_worker.tools")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from catalog.loader import Catalog, CatalogProblem, load_catalog
 from pipelines.validate import pipeline_problems
 from procedures.validate import first_speaking_problems, revision_problems, team_problems
+from tools.validate import revision_tool_problems, tool_problems
 from worker.settings import Settings
 
 
@@ -21,6 +22,13 @@ def catalog_problems(catalog: Catalog, settings: Settings) -> list[CatalogProble
             problems.append(CatalogProblem(source, p.field, p.reason))
         for t in revision_problems(revision, prefix):
             problems.append(CatalogProblem(source, t.field, t.reason))
+        for tool_problem in revision_tool_problems(revision, prefix, catalog.tools, agent=agent, teams=catalog.teams):
+            problems.append(CatalogProblem(source, tool_problem.field, tool_problem.reason))
+    for tool_id, tool in catalog.tools.items():
+        for tool_problem in tool_problems(
+            tool, env_prefix=settings.tool_env_prefix, sip_trunk_configured=bool(settings.sip_outbound_trunk_id)
+        ):
+            problems.append(CatalogProblem(catalog.sources[tool_id], tool_problem.field, tool_problem.reason))
     for team_id, team in catalog.teams.items():
         source = catalog.sources[team_id]
         for p in pipeline_problems(team.pipeline, settings, where="pipeline"):

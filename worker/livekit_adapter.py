@@ -30,7 +30,7 @@ from livekit.agents import AgentServer
 from livekit.agents.worker import ServerEnvOption
 from livekit.protocol import agent
 
-from worker import metrics
+from telemetry import metrics
 from worker.capacity import CallLoad
 
 # Why livekit's own check refused an offer; LiveKit may offer the job to another worker (terminate=False).

@@ -3,7 +3,7 @@ lk_agents_*, from the main process and every job process).
 
 The worker serves this itself instead of livekit's `AgentServer(prometheus_port=...)`: livekit's handler reads
 the multiprocess files without a lock, so a scrape could see the files of an ended job process half folded into
-the archive (worker/metrics.py `process_exited`).
+the archive (telemetry/metrics.py `process_exited`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from aiohttp import web
 from livekit.agents.utils.http_server import HttpServer
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from worker import metrics
+from telemetry import metrics
 
 log = logging.getLogger("voice_worker.metrics")
 

@@ -18,7 +18,7 @@ import logging
 
 from postcall.outbox import OutboxDelivery
 from records.store import SessionStore
-from worker import metrics
+from telemetry import metrics
 from worker.settings import Settings
 
 log = logging.getLogger("voice_worker.outbox_loop")

@@ -22,13 +22,14 @@ from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess,
 from livekit.agents.worker import ServerEnvOption
 from livekit.protocol import agent
 
+from calls.admission import Admission, admit
+from calls.bootstrap import start_call
+from calls.call import Call
 from catalog.loader import CatalogStore
+from contract.dispatch import DispatchRejected, verify_dispatch_metadata
 from records.record import SessionRecord
-from worker import logcontext, metrics
-from worker.admission import Admission, admit
-from worker.call import Call, start_call
+from telemetry import logcontext, metrics
 from worker.capacity import CallLoad
-from worker.dispatch import DispatchRejected, verify_dispatch_metadata
 from worker.livekit_adapter import DRAINING, AdmissionAdapter
 from worker.metrics_endpoint import MetricsEndpoint
 from worker.outbox_loop import OutboxLoop
@@ -136,7 +137,7 @@ def setup_process(proc: JobProcess) -> None:
     and the store and prebuild the pipelines, so no call waits for them (worker/services.py)."""
     from worker.services import build_process_services, freeze_once
 
-    # this process's log records carry the call's ids (worker/logcontext.py)
+    # this process's log records carry the call's ids (telemetry/logcontext.py)
     logcontext.install()
     proc.userdata["services"] = build_process_services(get_settings())
     freeze_once()
@@ -188,7 +189,7 @@ class VoiceWorkerServer(AdmissionAdapter):
     - the call-context log filter on this process's handlers (the thread executor runs calls here too);
     - offers screened by the dispatch gate before livekit's capacity decision, and capacity counted in calls
       (worker/livekit_adapter.py); the offers livekit refuses by itself (draining, at capacity) counted;
-    - in multiprocess metrics mode, the files of each ended job process folded away (worker/metrics.py);
+    - in multiprocess metrics mode, the files of each ended job process folded away (telemetry/metrics.py);
     - `GET /ready` on the health port: 200 once registered with LiveKit, 503 (with the reason) while it is
       connecting or reconnecting, or draining. livekit's `GET /` stays OK while LiveKit is unreachable (the
       worker retries forever, so a restart would not help: right for liveness); readiness tells a rollout

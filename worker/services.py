@@ -26,6 +26,7 @@ from typing import Any
 
 from livekit.agents import llm
 
+from calls.call import CallServices
 from catalog.loader import Catalog, CatalogStore
 from catalog.pipeline_config import VoicePipelineConfig
 from pipelines import speaking_rate
@@ -38,8 +39,7 @@ from postcall.processor import PostCallProcessor
 from procedures.templates import precompile
 from records.outcome import SessionOutcome
 from records.store import SessionStore
-from worker import metrics
-from worker.call import CallServices
+from telemetry import metrics
 from worker.settings import Settings
 
 log = logging.getLogger("voice_worker.services")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import yaml
 
+from contract.settings import EXAMPLE_CATALOG
 from door.keys import hash_api_key
-from worker.settings import EXAMPLE_CATALOG, Settings
+from door.settings import DoorSettings
 
 SUPPORT_AGENT = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01")
 SALES_AGENT = uuid.UUID("5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a02")
@@ -90,7 +91,7 @@ def write_keys_file(path: Path) -> Path:
     return path
 
 
-def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+def make_settings(tmp_path: Path, **overrides: object) -> DoorSettings:
     """Production-mode settings with real-looking secrets, so tests run the production path."""
     values: dict[str, object] = {
         "VOICE_WORKER_MODE": "production",
@@ -107,7 +108,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "DATABASE_URL": "sqlite:///" + str(tmp_path / "unused.db"),
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]  # pydantic-settings' init-only option
+    return DoorSettings(_env_file=None, **values)  # type: ignore[call-arg]  # pydantic-settings' init-only option
 
 
 @dataclass

@@ -29,8 +29,8 @@ GREETING = "Hello, this call is held for the test."
 
 
 async def held_entrypoint(ctx: JobContext) -> None:
+    from calls.bootstrap import start_call
     from tests.doubles.fake_llm import FakeLLM
-    from worker.call import start_call
     from worker.server import after_call
 
     services = ctx.proc.userdata["services"]
@@ -50,7 +50,7 @@ async def idle_entrypoint(ctx: JobContext) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from worker import cli
+    from cli import main as cli
 
     args = cli.build_parser().parse_args(argv)
     return cli.run_worker(args, dev=args.command == "dev", app=APP)

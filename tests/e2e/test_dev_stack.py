@@ -88,7 +88,7 @@ def stack(
         PATH=os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != str(BINARY.parent)),
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "dev", "--door-port", str(free_port()), "--node-ip", SERVER_HOST],
+        [sys.executable, "-m", "cli.main", "dev", "--door-port", str(free_port()), "--node-ip", SERVER_HOST],
         env=env,
         cwd=base,  # no developer's .env applies
         stdin=subprocess.DEVNULL,

@@ -15,10 +15,10 @@ from datetime import timedelta
 import pytest
 from livekit import api, rtc
 
+from contract.dispatch import DispatchRequest, mint_dispatch_metadata
 from tests.e2e.caller import Caller
 from tests.e2e.conftest import SUPPORT_AGENT
 from tests.e2e.worker_process import WorkerEnv, WorkerProcess
-from worker.dispatch import DispatchRequest, mint_dispatch_metadata
 
 # How long after the room exists an agent would have joined if the dispatch had been accepted: a served call's
 # agent joins in under a second here (tests/e2e/test_call.py asserts < 5 s).
