@@ -7,11 +7,11 @@ and closing message.
 
 Silence means: the caller is not speaking and the agent is neither thinking nor speaking. The clock
 restarts whenever either side does something, so a slow LLM turn or a long agent answer never counts as
-caller silence. After `silence_timeout_ms` of it the agent says `silence_reminder_message` (up to
-`silence_reminder_count` times in a row; the count starts over when the caller speaks or a user
-message arrives); the next
+caller silence. After `silence_timeout_ms` of it the agent gives a reminder (up to `silence_reminder_count`
+times in a row; the count starts over when the caller speaks or a user message arrives): `silence_reminder_message`
+word for word, or with `silence_reminder_mode: auto` one the LLM writes (pipelines/silence_reminder.py). The next
 timeout ends the call, after `silence_end_message` when `silence_end_action` is `speak_then_hangup`.
-A `silence_timeout_ms` of 0 or null turns the silence timeout off; a missing reminder message means
+A `silence_timeout_ms` of 0 or null turns the silence timeout off; a static reminder without a message means
 no reminders.
 """
 
@@ -32,6 +32,7 @@ from livekit.agents.voice.events import (
 )
 
 from catalog.pipeline_config import VoicePipelineConfig
+from pipelines.silence_reminder import remind, reminds
 
 log = logging.getLogger("voice_worker.pipelines.call_limits")
 
@@ -52,8 +53,8 @@ class CallLimits:
         self._on_end = on_end
         self._max_duration_s = config.max_call_duration_ms / 1000 if config.max_call_duration_ms else None
         self._silence_s = config.silence_timeout_ms / 1000 if config.silence_timeout_ms else None
-        self._reminder = config.silence_reminder_message or None
-        self._reminder_count = config.silence_reminder_count if self._reminder else 0
+        self._config = config
+        self._reminder_count = config.silence_reminder_count if reminds(config) else 0
         self._end_message = config.silence_end_message if config.silence_end_action == "speak_then_hangup" else None
         self._reminders_sent = 0
         # while our own reminder or closing message plays, the silence clock waits for it
@@ -142,20 +143,20 @@ class CallLimits:
         self._silence_timer = None
         if self.ended_reason is not None or not self._silent():
             return
-        if self._reminders_sent < self._reminder_count and self._reminder is not None:
+        if self._reminders_sent < self._reminder_count:
             self._reminders_sent += 1
             # set before the task runs, so no state change in between restarts the clock
             self._speaking_ours = True
-            self._spawn(self._say_reminder(self._reminder))
+            self._spawn(self._say_reminder())
         elif self._end_message:
             self._speaking_ours = True
             self._spawn(self._say_then_end(self._end_message))
         else:
             self._end(SILENCE_TIMEOUT)
 
-    async def _say_reminder(self, text: str) -> None:
+    async def _say_reminder(self) -> None:
         try:
-            await self._session.say(text)
+            await remind(self._session, self._config)
         finally:
             self._speaking_ours = False
             self._rearm()
