@@ -28,7 +28,11 @@ COPY requirements.lock ./
 RUN uv venv --python /usr/local/bin/python3 /opt/venv \
  && uv pip sync --python /opt/venv/bin/python --require-hashes --no-cache requirements.lock
 COPY pyproject.toml README.md ./
+COPY contract ./contract
+COPY cli ./cli
 COPY worker ./worker
+COPY calls ./calls
+COPY telemetry ./telemetry
 COPY catalog ./catalog
 COPY pipelines ./pipelines
 COPY procedures ./procedures

@@ -30,8 +30,6 @@ from catalog.loader import Catalog, CatalogStore
 from catalog.pipeline_config import VoicePipelineConfig
 from door.keys import DEV_API_KEY
 from door.settings import DoorSettings
-from pipelines.providers import PROVIDERS
-from pipelines.validate import pipeline_problems
 
 STATIC = Path(__file__).with_name("static")
 PAGE = STATIC / "call-page.html"
@@ -75,6 +73,11 @@ def readiness(pipeline: VoicePipelineConfig, settings: DoorSettings) -> dict[str
     """What stops a call on `pipeline` before it starts: API key variables to set, and other problems."""
     missing: list[str] = []
     other: list[str] = []
+    # Imported here: the provider registry brings livekit-agents and its plugins, which a door without the call page
+    # (production's default) never needs to load.
+    from pipelines.providers import PROVIDERS
+    from pipelines.validate import pipeline_problems
+
     for problem in pipeline_problems(pipeline, settings, where="pipeline"):
         found = _KEY_IN_PROBLEM.search(problem.reason)
         if found and found.group(1) in {p.key_env for p in PROVIDERS.values()}:

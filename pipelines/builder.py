@@ -2,8 +2,8 @@
 
 A chain with one entry becomes that provider's plugin object; a longer chain becomes the matching
 livekit-agents `FallbackAdapter` (first entry primary) with the timeouts and retries of
-`config.fallback`. Which config a call uses is `effective_pipeline`: team calls take the team's, agent
-calls the active revision's.
+`config.fallback`. Which config a call uses is admission's choice (calls/admission.py): team calls take the
+team's, agent calls the active revision's.
 """
 
 from __future__ import annotations
@@ -35,14 +35,6 @@ class PipelineError(ValueError):
     def __init__(self, problems: Sequence[PipelineProblem]) -> None:
         self.problems = list(problems)
         super().__init__("; ".join(str(p) for p in self.problems))
-
-
-def effective_pipeline(
-    revision_config: VoicePipelineConfig, team_config: VoicePipelineConfig | None
-) -> VoicePipelineConfig:
-    """Team calls take the team's pipeline for every member (one voice, one STT and one turn-taking
-    behaviour across handoffs); agent calls take the active revision's."""
-    return team_config if team_config is not None else revision_config
 
 
 # Declared outside BuiltPipeline, whose `stt`, `llm` and `tts` fields shadow the module names in its body.

@@ -5,7 +5,9 @@ revision grants before a procedure is chosen (end the call, record a derived var
 to another member, and the platform tools its `tool_refs` attach, tools/function_tools.py). Once the supervisor
 (procedures/supervisor.py) has chosen a procedure, the agent runs under `instructions_for(procedure)` (the
 system prompt followed by the procedure's instructions) and `tools_for(procedure)` (the procedure's tools). The
-supervisor also takes over `llm_node` for turn 1.
+supervisor also takes over `llm_node` for turn 1. The call's pipeline frames every agent the same way
+(pipelines/framing.py): its persona ahead of the system prompt, its reply-language rule after it, and its
+pronunciation overrides on the text the TTS reads (`tts_node`; the transcript keeps the words as written).
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterable, Callable, Sequence
 
+from livekit import rtc
 from livekit.agents import Agent, llm
 from livekit.agents.voice.agent import ModelSettings
 
 from catalog.models import Procedure, Revision, ToolName
 from catalog.variables import CallVariables
+from pipelines.framing import AgentFraming
 from procedures.supervisor import LLMNodeChunk, SupervisedAgent, Supervisor
 from procedures.templates import render
 from procedures.tools import end_call_tool, record_variable_tool
@@ -25,14 +29,6 @@ from tools.function_tools import CallTools
 from tools.transfer import TeamHandoff
 
 AgentTool = llm.Tool | llm.Toolset
-
-
-def default_tools(variables: CallVariables, on_end: Callable[[str], None]) -> list[AgentTool]:
-    tools: list[AgentTool] = [end_call_tool(on_end)]
-    recorder = record_variable_tool(variables)
-    if recorder is not None:
-        tools.append(recorder)
-    return tools
 
 
 def _tool_ids(tools: Sequence[AgentTool]) -> frozenset[str]:
@@ -44,7 +40,8 @@ class CallAgent(SupervisedAgent):
     """`handoff_tool` is the team's transfer tool (team calls only); `extra_tools` are always available,
     whatever the procedure; `reply_on_enter` makes the agent answer as soon as it takes over (a handoff);
     `label` names the agent in the session's history (a team member's router name); `platform_tools` builds the
-    revision's attached tools, and `team_handoff` lets a call_transfer tool hand a web caller to a member."""
+    revision's attached tools, and `team_handoff` lets a call_transfer tool hand a web caller to a member;
+    `framing` is what the call's pipeline adds to every agent (persona, reply language, pronunciation)."""
 
     def __init__(
         self,
@@ -60,7 +57,9 @@ class CallAgent(SupervisedAgent):
         label: str | None = None,
         platform_tools: CallTools | None = None,
         team_handoff: TeamHandoff | None = None,
+        framing: AgentFraming | None = None,
     ) -> None:
+        self.framing = framing or AgentFraming()
         self.revision = revision
         self.variables = variables
         self.supervisor = supervisor
@@ -79,7 +78,7 @@ class CallAgent(SupervisedAgent):
                 self._granted.setdefault(slug, [tool])
         self._always: list[AgentTool] = list(extra_tools)
         super().__init__(
-            instructions=render(revision.system_prompt, variables.template_values()),
+            instructions=self.instructions_for(None),
             tools=self.tools_for(None),
             chat_ctx=chat_ctx,
             id=label,
@@ -88,13 +87,15 @@ class CallAgent(SupervisedAgent):
             supervisor.bind(self)
 
     def instructions_for(self, procedure: Procedure | None) -> str:
-        """The system prompt, then the procedure's instructions, rendered over the variables as they are now."""
+        """The system prompt, then the procedure's instructions, rendered over the variables as they are now, in
+        the call's framing (persona first, reply-language rule last)."""
         values = self.variables.template_values()
         base = render(self.revision.system_prompt, values)
-        if procedure is None:
-            return base
-        steps = render(procedure.instructions, values)
-        return f"{base}\n\nFollow this procedure for the rest of the call ({procedure.name}):\n{steps}"
+        if procedure is not None:
+            steps = render(procedure.instructions, values)
+            base = f"{base}\n\nFollow this procedure for the rest of the call ({procedure.name}):\n{steps}"
+        persona = render(self.framing.persona, values) if self.framing.persona else None
+        return self.framing.frame(persona, base)
 
     async def refresh_instructions(self) -> None:
         """The instructions rendered again over the variables as they are now (a tool's output bindings changed
@@ -119,6 +120,11 @@ class CallAgent(SupervisedAgent):
         if self.supervisor is None:
             return Agent.default.llm_node(self, chat_ctx, tools, model_settings)
         return self.supervisor.llm_node(chat_ctx, tools, model_settings)
+
+    def tts_node(self, text: AsyncIterable[str], model_settings: ModelSettings) -> AsyncIterable[rtc.AudioFrame]:
+        pronunciation = self.framing.pronunciation
+        spoken = pronunciation.rewrite(text) if pronunciation is not None else text
+        return Agent.default.tts_node(self, spoken, model_settings)
 
     async def on_enter(self) -> None:
         if self.supervisor is not None:

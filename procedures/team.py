@@ -34,6 +34,7 @@ from catalog.models import Agent as CatalogAgent
 from catalog.models import Team, TeamMember
 from catalog.pipeline_config import ModelChainEntry
 from catalog.variables import CallVariables
+from pipelines.framing import AgentFraming
 from procedures.agent import CallAgent
 from procedures.router import ConstrainedRouter, RouteOption
 from procedures.supervisor import (
@@ -73,8 +74,11 @@ class TeamCall:
         initial_variables: CallVariables | None = None,
         max_speculation: int = DEFAULT_MAX_SPECULATION,
         platform_tools: CallTools | None = None,
+        framing: AgentFraming | None = None,
     ) -> None:
         self.team = team
+        # the team's pipeline frames every member alike: one persona, one reply language, one pronunciation
+        self._framing = framing
         self._platform_tools = platform_tools
         self._agents = agents
         self._system_values = dict(system_values)
@@ -85,7 +89,6 @@ class TeamCall:
         self._variables: dict[uuid.UUID, CallVariables] = {}
         if initial_variables is not None:
             self._variables[team.initial_member_id] = initial_variables
-        self.current_member: TeamMember = team.initial_member
 
     # -- who can take the call ------------------------------------------------------------------------------
 
@@ -162,6 +165,7 @@ class TeamCall:
             platform_tools=self._platform_tools,
             # a call_transfer tool hands a web caller to a member (None: the team's fallback member)
             team_handoff=lambda name, reason, chat_ctx: self.transfer(member, name or "", reason, chat_ctx),
+            framing=self._framing,
         )
 
     # -- the team router (mode supervisor, turn 1) ----------------------------------------------------------
@@ -237,7 +241,6 @@ class TeamCall:
         self.supervision.member_changes.append(
             MemberChange(at=datetime.now(UTC), from_member_id=source.id, to_member_id=target.id, reason=reason)
         )
-        self.current_member = target
         log.info(
             "team %s: %s -> %s (%s)",
             self.team.id,

@@ -469,10 +469,9 @@ class SessionStore:
 
         return await self._run(read)
 
-    async def facts_for(self, end_user_id: str, limit: int | None = None) -> list[str]:
+    async def facts_for(self, end_user_id: str) -> list[str]:
         """What the agent is told about this end user at bootstrap."""
-        facts = [f.fact for f in await self.memory_facts(end_user_id)]
-        return facts if limit is None else facts[:limit]
+        return [f.fact for f in await self.memory_facts(end_user_id)]
 
     # --- outbox ---------------------------------------------------------------------------------------
 

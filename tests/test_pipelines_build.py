@@ -18,7 +18,6 @@ from pipelines.builder import (
     PipelineError,
     build_llm,
     build_pipeline,
-    effective_pipeline,
     session_connect_options,
 )
 from pipelines.providers import UNUSED_KEY, OpenAIChatLLM
@@ -313,14 +312,22 @@ def test_build_refuses_a_config_with_problems(monkeypatch, shared_vad) -> None:
     ]
 
 
-def test_team_calls_take_the_team_pipeline_agent_calls_the_revision(catalog) -> None:
+def test_team_calls_take_the_team_pipeline_agent_calls_the_revision(catalog, settings) -> None:
+    from calls.admission import admit
+    from contract.dispatch import DispatchClaims
+    from contract.session_type import SessionType
+
+    def claims(**target: uuid.UUID) -> DispatchClaims:
+        return DispatchClaims(
+            ver=1, iss="t", iat=0, exp=1, session_id=uuid.uuid4(), session_type=SessionType.TEST, **target
+        )
+
     revision = catalog.agents[SUPPORT].active_revision.pipeline
     team = catalog.teams[TEAM].pipeline
-    assert effective_pipeline(revision, team) is team
-    assert effective_pipeline(revision, None) is revision
+    assert admit(claims(team_id=TEAM), catalog, settings).pipeline is team
+    assert admit(claims(agent_id=SUPPORT), catalog, settings).pipeline is revision
     # and the two differ where it shows: the team's voice wins on a team call
-    assert effective_pipeline(revision, team).tts_chain[0].voice_id == "sage"
-    assert effective_pipeline(revision, None).tts_chain[0].voice_id == "alloy"
+    assert team.tts_chain[0].voice_id == "sage" and revision.tts_chain[0].voice_id == "alloy"
 
 
 async def test_deepgram_self_hosted_urls_and_voice_in_voice_id(built) -> None:

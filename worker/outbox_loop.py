@@ -36,10 +36,6 @@ class OutboxLoop:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
 
-    @property
-    def running(self) -> bool:
-        return bool(self._tasks) and not self._stopped
-
     def start(self) -> None:
         """From inside the worker's event loop. Without a webhook URL nothing is ever queued: no loop."""
         if self._tasks or self._stopped or not self._settings.postcall_webhook_url:
