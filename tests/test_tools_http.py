@@ -14,9 +14,10 @@ import pytest
 from aiohttp import web
 
 import tools.ssrf
-from catalog.tools import ToolDefinition
+from catalog.tools import InputArgConfig, ToolDefinition
 from tests.doubles.tool_api import ToolApi
 from tools.api_call import ApiCaller, HttpLimits, run_api_tool
+from tools.arguments import operator_values, parameters_schema
 from tools.ssrf import EgressPolicy
 from tools.templating import SecretSource
 
@@ -462,3 +463,36 @@ async def test_an_empty_answer_is_a_plain_success_and_a_broken_template_a_refusa
     assert done.status == "ok" and json.loads(done.for_model(1000)) == {"done": True, "http_status": 204}
     broken = await run(make_tool({"url": api.base + "/x", "headers": [{"key": "X", "value": "{{ oops"}]}))
     assert broken.status == "refused" and "template syntax error" in broken.error and api.hits("/x") == []
+
+
+def test_the_model_sees_the_variables_as_a_json_schema_without_pinned_ones():
+    tool = make_tool(
+        {
+            "url": "https://api.example.com/x",
+            "variables": [
+                {"name": "order", "type": "str", "required": True, "description": "The order number"},
+                {"name": "qty", "type": "int", "required": True},
+                {"name": "express", "type": "bool"},
+                {"name": "region", "type": "str", "required": True},
+            ],
+        },
+        input_defaults={"qty": {"value": 1}},
+    )
+    pinned = {"region": InputArgConfig(value="eu", type="pinned")}
+    schema = parameters_schema(tool, operator_values(tool, pinned))
+    assert schema == {
+        "type": "object",
+        "properties": {
+            "order": {"type": "string", "description": "The order number"},
+            "qty": {"type": "integer", "description": "(default: 1)"},
+            "express": {"type": "boolean"},
+        },
+        "required": ["order"],
+        "additionalProperties": False,
+    }
+
+
+async def test_templates_run_in_the_sandbox(api: ToolApi):
+    tool = make_tool({"url": api.base + "/x", "headers": [{"key": "X", "value": "{{ name.__class__.__mro__ }}"}]})
+    result = await run(tool, context={"name": "Dana"})
+    assert result.status == "refused" and "SecurityError" in result.error and api.requests == []
