@@ -383,9 +383,11 @@ def test_catalog_is_mounted_at_catalog_path(rendered: list[dict[str, Any]], name
 @pytest.mark.parametrize("name", ["voice-worker", "voice-worker-door"])
 def test_every_variable_is_a_setting(rendered: list[dict[str, Any]], name: str) -> None:
     """Settings ignore unknown variables, so a misspelt name would silently keep its default."""
+    from door.settings import DoorSettings
     from worker.settings import Settings
 
-    known = {field.validation_alias for field in Settings.model_fields.values()}
+    # the ConfigMap feeds both deployments: a name is known when the worker's or the door's settings read it
+    known = {field.validation_alias for cls in (Settings, DoorSettings) for field in cls.model_fields.values()}
     # read by livekit-agents (its CPU monitor, its warm-up), not by Settings
     known |= {"NUM_CPUS", "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE"}
     names = set(_config(rendered)) | set(_env(_container(_one(rendered, "Deployment", name))))
