@@ -27,6 +27,8 @@ from calls.status import publish_call_status
 from catalog.variables import CallVariables
 from contract.dispatch import verify_dispatch_metadata
 from contract.session_type import SessionType
+from pipelines.call_features import CallFeatures
+from pipelines.framing import AgentFraming
 from procedures.agent import CallAgent
 from procedures.router import RouterModels
 from procedures.supervisor import Supervisor
@@ -89,6 +91,7 @@ async def start_call(
     ctx.add_shutdown_callback(router_models.aclose)
     transfer_line = TransferLine(on_end=state.end, sip_outbound_trunk_id=settings.sip_outbound_trunk_id)
     platform_tools = CallTools(catalog.tools, ToolConfig.from_settings(settings), transfer_line=transfer_line)
+    framing = AgentFraming.for_pipeline(admission.pipeline, catalog.personas)
     agent: CallAgent
     if admission.team is not None:
         team_call = TeamCall(
@@ -100,6 +103,7 @@ async def start_call(
             supervision=state.supervision,
             initial_variables=variables,
             platform_tools=platform_tools,
+            framing=framing,
         )
         agent = team_call.initial_agent()
     else:
@@ -115,6 +119,7 @@ async def start_call(
             on_end=state.end,
             supervisor=supervisor,
             platform_tools=platform_tools,
+            framing=framing,
         )
     call = Call(state=state, session=session, agent=agent, resources=resources, tools=platform_tools)
     memory = await _known_facts(services.store, claims.end_user_id, claims.session_type)
@@ -137,6 +142,14 @@ async def start_call(
     if room is not None:
         # procedure, context variables and turn latencies as the agent's attributes, for the call page
         publish_call_status(call, room.local_participant)
+    # voicemail screening first: it holds the greeting until it knows who answered
+    call.features = await CallFeatures.start(
+        session,
+        admission.pipeline,
+        room=room,
+        voicemail_llm=getattr(resources, "voicemail_llm", None),
+        on_end=call.end_and_close,
+    )
     greet(session, admission.pipeline.first_speaking, variables)
     call.limits = CallLimits(session, admission.pipeline, on_end=call.end_and_close)
     call.limits.start()

@@ -23,6 +23,7 @@ from calls.state import CallState
 from catalog.loader import CatalogStore
 from catalog.pipeline_config import VoicePipelineConfig
 from catalog.variables import CallVariables
+from pipelines.call_features import CallFeatures
 from procedures.agent import CallAgent
 from procedures.supervisor import Supervision
 from records.outcome import SessionOutcome
@@ -89,6 +90,8 @@ class Call:
     # What the pipeline factory built, when it owns provider clients to close at the end.
     resources: BuiltSession | None = None
     limits: CallLimits | None = None
+    # the pipeline's behaviours beside the session (voicemail, DTMF, interruption phrases, ambience)
+    features: CallFeatures | None = None
     # The revision's platform tools (tools/): their HTTP pools, and the record of every run.
     tools: CallTools | None = None
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -158,6 +161,8 @@ class Call:
             await self.session.aclose()
         if self.limits is not None:
             await self.limits.aclose()
+        if self.features is not None:
+            await self.features.aclose()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self.resources is not None:

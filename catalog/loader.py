@@ -1,4 +1,4 @@
-"""Loading the catalog from a directory of YAML files (one agent, team or tool per file).
+"""Loading the catalog from a directory of YAML files (one agent, team, tool or persona per file).
 
 Each file is parsed and validated on its own: a bad file becomes a `CatalogProblem` (file, field path,
 reason) and is left out, so one bad file never takes the others down. `CatalogStore` keeps the last good
@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from catalog.models import Agent, Team
+from catalog.personas import Persona
 from catalog.tools import ToolDefinition, ToolRef, find_tool
 
 log = logging.getLogger("voice_worker.catalog")
@@ -43,6 +44,8 @@ class Catalog:
     teams: dict[uuid.UUID, Team] = field(default_factory=dict)
     # Platform tools (kind: tool), conventionally under tools/; revisions attach them by id or slug.
     tools: dict[uuid.UUID, ToolDefinition] = field(default_factory=dict)
+    # Personas (kind: persona), conventionally under personas/; a pipeline's persona_id names one.
+    personas: dict[uuid.UUID, Persona] = field(default_factory=dict)
     problems: list[CatalogProblem] = field(default_factory=list)
     sources: dict[uuid.UUID, str] = field(default_factory=dict)
 
@@ -69,7 +72,10 @@ def _field_path(loc: Iterable[object]) -> str:
     return "".join(parts) or "(document)"
 
 
-def _load_file(path: Path, display: str) -> tuple[Agent | Team | ToolDefinition | None, list[CatalogProblem]]:
+Item = Agent | Team | ToolDefinition | Persona
+
+
+def _load_file(path: Path, display: str) -> tuple[Item | None, list[CatalogProblem]]:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -79,17 +85,21 @@ def _load_file(path: Path, display: str) -> tuple[Agent | Team | ToolDefinition 
         where = f"line {mark.line + 1}" if mark is not None else "(document)"
         return None, [CatalogProblem(display, where, f"invalid YAML: {getattr(exc, 'problem', exc)}")]
     if not isinstance(document, dict):
-        return None, [CatalogProblem(display, "(document)", "expected a mapping with kind: agent, team or tool")]
+        return None, [
+            CatalogProblem(display, "(document)", "expected a mapping with kind: agent, team, tool or persona")
+        ]
     kind = document.pop("kind", None)
-    model: type[Agent] | type[Team] | type[ToolDefinition]
+    model: type[Agent] | type[Team] | type[ToolDefinition] | type[Persona]
     if kind == "agent":
         model = Agent
     elif kind == "team":
         model = Team
     elif kind == "tool":
         model = ToolDefinition
+    elif kind == "persona":
+        model = Persona
     else:
-        return None, [CatalogProblem(display, "kind", f"must be 'agent', 'team' or 'tool', not {kind!r}")]
+        return None, [CatalogProblem(display, "kind", f"must be 'agent', 'team', 'tool' or 'persona', not {kind!r}")]
     try:
         return model.model_validate(document), []
     except ValidationError as exc:
@@ -134,6 +144,8 @@ def load_catalog(directory: Path) -> Catalog:
             catalog.agents[item.id] = item
         elif isinstance(item, Team):
             catalog.teams[item.id] = item
+        elif isinstance(item, Persona):
+            catalog.personas[item.id] = item
         else:
             catalog.tools[item.id] = item
     for agent in catalog.agents.values():
@@ -148,6 +160,7 @@ def load_catalog(directory: Path) -> Catalog:
                         f"tool {ref.label} is not in the catalog (a file with kind: tool)",
                     )
                 )
+    catalog.problems.extend(_persona_problems(catalog))
     for team in list(catalog.teams.values()):
         for index, member in enumerate(team.members):
             if member.assistant_id not in catalog.agents:
@@ -164,6 +177,26 @@ def load_catalog(directory: Path) -> Catalog:
     if not files:
         catalog.problems.append(CatalogProblem(str(directory), "(directory)", "no .yaml files found"))
     return catalog
+
+
+def _persona_problems(catalog: Catalog) -> list[CatalogProblem]:
+    """A pipeline naming a persona the catalog lacks: the agent or team still loads, and `check` says so."""
+    named: list[tuple[uuid.UUID, str, uuid.UUID | None]] = [
+        (
+            agent.id,
+            f"revisions[{next(i for i, r in enumerate(agent.revisions) if r.id == agent.active_revision_id)}].pipeline",
+            agent.active_revision.pipeline.persona_id,
+        )
+        for agent in catalog.agents.values()
+    ]
+    named += [(team.id, "pipeline", team.pipeline.persona_id) for team in catalog.teams.values()]
+    return [
+        CatalogProblem(
+            catalog.sources[owner], f"{where}.persona_id", f"persona {persona_id} is not in the catalog (kind: persona)"
+        )
+        for owner, where, persona_id in named
+        if persona_id is not None and persona_id not in catalog.personas
+    ]
 
 
 class CatalogStore:

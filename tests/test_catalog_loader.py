@@ -58,7 +58,26 @@ def test_kind_and_duplicate_ids(tmp_path):
     problems = [str(p) for p in load_catalog(directory).problems]
     # Files load in name order, so the second definition is the one refused.
     assert f"support.yaml: id: {SUPPORT} is already defined in copy.yaml" in problems
-    assert "weird.yaml: kind: must be 'agent', 'team' or 'tool', not 'robot'" in problems
+    assert "weird.yaml: kind: must be 'agent', 'team', 'tool' or 'persona', not 'robot'" in problems
+
+
+PERSONA = uuid.UUID("6e2d4c1b-8a7f-4e3d-9c2b-1a0f9e8d7c01")
+
+
+def test_personas_load_and_a_missing_one_is_reported(tmp_path):
+    directory = _copy(tmp_path)
+    catalog = load_catalog(directory)
+    assert catalog.personas[PERSONA].name == "Acme on the phone"
+    assert catalog.agents[SUPPORT].active_revision.pipeline.persona_id == PERSONA
+    assert catalog.teams[TEAM].pipeline.persona_id == PERSONA
+
+    (directory / "personas" / "acme.yaml").unlink()
+    problems = [str(p) for p in load_catalog(directory).problems]
+    reason = f"persona {PERSONA} is not in the catalog (kind: persona)"
+    # the agent and the team still load; `check` reports both references
+    assert f"support.yaml: revisions[0].pipeline.persona_id: {reason}" in problems
+    assert f"front-desk-team.yaml: pipeline.persona_id: {reason}" in problems
+    assert len([p for p in problems if "persona_id" in p]) == 2
 
 
 def test_store_reloads_changes_and_keeps_serving(tmp_path):
