@@ -118,9 +118,12 @@ def dev(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     settings = load_cli_settings(args)
-    from worker.check import check_catalog
+    from worker.check import catalog_warnings, check_catalog
 
     catalog, problems = check_catalog(settings.catalog_path, settings)
+    # settings that cannot apply here (noise cancellation, voicemail for web callers...): said, never failed
+    for warning in catalog_warnings(catalog):
+        print(f"warning: {warning}")
     if problems:
         for problem in problems:
             print(problem)

@@ -1,10 +1,12 @@
-"""`voice-worker check`: every problem a call would otherwise hit, as `file: field: reason` lines."""
+"""`voice-worker check`: every problem a call would otherwise hit, as `file: field: reason` lines, and every setting
+that cannot apply where the worker runs, as warnings in the same form (they do not fail the check)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from catalog.loader import Catalog, CatalogProblem, load_catalog
+from pipelines.applicability import pipeline_warnings
 from pipelines.validate import pipeline_problems
 from procedures.validate import first_speaking_problems, revision_problems, team_problems
 from tools.validate import revision_tool_problems, tool_problems
@@ -39,6 +41,19 @@ def catalog_problems(catalog: Catalog, settings: Settings) -> list[CatalogProble
         for t in [*first_speaking_problems(team.pipeline, declared, "pipeline"), *team_problems(team, catalog.agents)]:
             problems.append(CatalogProblem(source, t.field, t.reason))
     return problems
+
+
+def catalog_warnings(catalog: Catalog) -> list[CatalogProblem]:
+    """Pipeline fields of active revisions and teams that are valid but do nothing here, or not for every caller."""
+    warnings: list[CatalogProblem] = []
+    for agent_id, agent in catalog.agents.items():
+        index = next(i for i, r in enumerate(agent.revisions) if r.id == agent.active_revision_id)
+        for w in pipeline_warnings(agent.active_revision.pipeline, where=f"revisions[{index}].pipeline"):
+            warnings.append(CatalogProblem(catalog.sources[agent_id], w.field, w.reason))
+    for team_id, team in catalog.teams.items():
+        for w in pipeline_warnings(team.pipeline, where="pipeline"):
+            warnings.append(CatalogProblem(catalog.sources[team_id], w.field, w.reason))
+    return warnings
 
 
 def check_catalog(directory: Path, settings: Settings) -> tuple[Catalog, list[CatalogProblem]]:
