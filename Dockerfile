@@ -40,6 +40,7 @@ COPY records ./records
 COPY postcall ./postcall
 COPY door ./door
 COPY tools ./tools
+COPY simulations ./simulations
 RUN uv pip install --python /opt/venv/bin/python --no-deps --no-cache . \
  && /opt/venv/bin/voice-worker --help >/dev/null
 ENV HF_HOME=/opt/models

@@ -21,6 +21,8 @@ from cli.common import (
 )
 from cli.door_command import door
 from cli.outbox_commands import outbox
+from cli.simulate_command import add_parser as add_simulate_parser
+from cli.simulate_command import simulate
 from cli.tool_call_command import add_parser as add_tool_call_parser
 from cli.tool_call_command import tool_call
 from cli.worker_commands import check, dev, run_worker
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = outbox.add_parser("resend", help="queue the entry again with fresh budgets and try it once now")
     q.add_argument("id", metavar="ID", help="entry number (from list) or session id")
     add_tool_call_parser(sub)
+    add_simulate_parser(sub)
     return parser
 
 
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "door": door,
         "outbox": outbox,
         "tool-call": tool_call,
+        "simulate": simulate,
     }
     try:
         code = handlers[args.command](args)

@@ -96,6 +96,7 @@ class ScenarioResult(_Model):
     target: str
     session_id: str | None = None
     duration_s: float = 0.0
+    latency_budget_ms: float | None = None
     observed: Observed = Field(default_factory=Observed)
     checks: list[Check] = Field(default_factory=list)
     judges: list[JudgeResult] = Field(default_factory=list)

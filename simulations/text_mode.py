@@ -69,7 +69,13 @@ class TextRunner:
     async def run(self, file: ScenarioFile) -> ScenarioResult:
         scenario = file.scenario
         started = time.perf_counter()
-        result = ScenarioResult(scenario=scenario.name, file=str(file.path), mode="text", target=_target(scenario))
+        result = ScenarioResult(
+            scenario=scenario.name,
+            file=str(file.path),
+            mode="text",
+            target=_target(scenario),
+            latency_budget_ms=scenario.expect.latency_budget_ms,
+        )
         try:
             await self._run(scenario, result)
         except DispatchRejected as exc:

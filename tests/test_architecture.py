@@ -140,6 +140,17 @@ def test_the_worker_side_never_imports_the_door_or_the_cli() -> None:
         assert not {_package(t) for t in targets} & {"door", "cli"}, module
 
 
+def test_only_the_cli_imports_the_simulations() -> None:
+    for module, targets in GRAPH.items():
+        if _package(module) in ("cli", "simulations"):
+            continue
+        assert "simulations" not in {_package(t) for t in targets}, module
+    allowed = {"simulations", "calls", "catalog", "contract", "procedures", "pipelines"}
+    for module, targets in GRAPH.items():
+        if _package(module) == "simulations":
+            assert {_package(t) for t in targets} <= allowed, module
+
+
 def test_the_contract_imports_nothing_of_ours_but_itself() -> None:
     for module, targets in GRAPH.items():
         if _package(module) == "contract":

@@ -1,6 +1,7 @@
 """A deterministic agent LLM for the example catalog's scenarios (catalog/examples/scenarios), for `FakeLLM`.
 
-It answers by request shape, like a sensible model would for these agents: the routers pick by the caller's
+It answers by request shape, like a sensible model would for these agents (and, like one, it calls only tools the
+request offers): the routers pick by the caller's
 words, each procedure's instructions get the reply (or tool call) the procedure asks for. It only decides what
 an LLM would decide; everything else (routing, tools, variables, handoffs, the end of the call) is the real
 code's. Plus the caller and judge doubles: a persona that plays a short refund call and a judge whose verdicts
@@ -81,12 +82,14 @@ def agent_brain(chat_ctx: llm.ChatContext, tools: list[llm.Tool]) -> Reply:
     if "track an order" in instructions:
         if "order_lookup" in done:
             return Reply(text="I could not get that order's status right now, and I will not guess it.")
-        if digits:
+        if digits and "order_lookup" in names:
             return Reply(tool_calls=[("order_lookup", {"order_number": digits[0]})])
         return Reply(text="Sure, what is the order number?")
     if "Offer a demo" in instructions:
         if "record_variable" in done:
             return Reply(text="Great, I have twelve seats down. Which day suits you for the demo this week?")
+        if "record_variable" not in names:
+            return Reply(text="A demo this week works. Which day suits you?")
         if "seats" in said and digits:
             return Reply(tool_calls=[("record_variable", {"name": "seats", "value": digits[0]})])
         if "twelve" in said:
@@ -95,7 +98,7 @@ def agent_brain(chat_ctx: llm.ChatContext, tools: list[llm.Tool]) -> Reply:
     if "sales assistant" in instructions:
         return Reply(text="Pro is sixty dollars per seat per month, and Starter is twenty.")
     if "call me back" in said or "call back" in said:
-        if "record_variable" in done:
+        if "record_variable" in done or "record_variable" not in names:
             return Reply(text="Of course, someone will call you back later today.")
         return Reply(tool_calls=[("record_variable", {"name": "wants_callback", "value": "true"})])
     return Reply(text="Happy to help. What can I do for you?")
