@@ -98,8 +98,14 @@ def _load_file(path: Path, display: str) -> tuple[Item | None, list[CatalogProbl
         model = ToolDefinition
     elif kind == "persona":
         model = Persona
+    elif kind == "scenario":
+        # a simulation's scenario (simulations/scenario.py): kept beside the agents it calls, not part of the catalog;
+        # `voice-worker check` and `simulate` validate it
+        return None, []
     else:
-        return None, [CatalogProblem(display, "kind", f"must be 'agent', 'team', 'tool' or 'persona', not {kind!r}")]
+        return None, [
+            CatalogProblem(display, "kind", f"must be 'agent', 'team', 'tool', 'persona' or 'scenario', not {kind!r}")
+        ]
     try:
         return model.model_validate(document), []
     except ValidationError as exc:
@@ -112,9 +118,11 @@ def _load_file(path: Path, display: str) -> tuple[Item | None, list[CatalogProbl
 def load_tool_file(path: Path) -> tuple[ToolDefinition | None, list[CatalogProblem]]:
     """One tool file on its own (`voice-worker tool-call --tool-file`)."""
     item, problems = _load_file(path, str(path))
-    if item is not None and not isinstance(item, ToolDefinition):
+    if problems:
+        return None, problems
+    if not isinstance(item, ToolDefinition):
         return None, [CatalogProblem(str(path), "kind", "must be 'tool' for a tool file")]
-    return item, problems
+    return item, []
 
 
 def load_catalog(directory: Path) -> Catalog:

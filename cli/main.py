@@ -22,10 +22,10 @@ from cli.common import (
 from cli.door_command import door
 from cli.outbox_commands import outbox
 from cli.simulate_command import add_parser as add_simulate_parser
-from cli.simulate_command import simulate
+from cli.simulate_command import check, simulate
 from cli.tool_call_command import add_parser as add_tool_call_parser
 from cli.tool_call_command import tool_call
-from cli.worker_commands import check, dev, run_worker
+from cli.worker_commands import dev, run_worker
 from contract.session_type import SessionType
 from contract.settings import SettingsError
 

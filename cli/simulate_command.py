@@ -76,6 +76,24 @@ async def _run(files: list[ScenarioFile], runner: Runner, parallel: int, err: Te
     return await run_all(files, runner, parallel=parallel, on_done=done)
 
 
+def check(args: argparse.Namespace) -> int:
+    """`voice-worker check`: the catalog (cli/worker_commands.py), then the scenario files kept in it, one
+    `file: field: reason` line per problem; a scenario that could never pass is a problem like a bad agent."""
+    from catalog.loader import load_catalog
+    from cli.worker_commands import check as check_catalog
+    from simulations.suite import load_scenarios
+
+    code = check_catalog(args)
+    settings = load_cli_settings(args)
+    _, problems = load_scenarios([settings.catalog_path], load_catalog(settings.catalog_path))
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} scenario problem(s) in {settings.catalog_path}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    return code
+
+
 def report(results: list[ScenarioResult], *, out: TextIO, junit: Path | None, html: Path | None) -> int:
     """The summary table, the failures with their reasons, the files; the exit code."""
     from simulations.report import html_report, junit_xml

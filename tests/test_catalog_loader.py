@@ -58,7 +58,7 @@ def test_kind_and_duplicate_ids(tmp_path):
     problems = [str(p) for p in load_catalog(directory).problems]
     # Files load in name order, so the second definition is the one refused.
     assert f"support.yaml: id: {SUPPORT} is already defined in copy.yaml" in problems
-    assert "weird.yaml: kind: must be 'agent', 'team', 'tool' or 'persona', not 'robot'" in problems
+    assert "weird.yaml: kind: must be 'agent', 'team', 'tool', 'persona' or 'scenario', not 'robot'" in problems
 
 
 PERSONA = uuid.UUID("6e2d4c1b-8a7f-4e3d-9c2b-1a0f9e8d7c01")
