@@ -197,8 +197,10 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 def _cpu_seconds(pid: int) -> float:
     """CPU time of a process and its children so far (PostgreSQL: the postmaster and its backends)."""
-    total = 0.0
     root = psutil.Process(pid)
+    # Children that ended (a backend whose connection closed) count in their parent's children_* times.
+    reaped = root.cpu_times()
+    total = reaped.children_user + reaped.children_system
     for process in (root, *root.children(recursive=True)):
         try:
             times = process.cpu_times()
@@ -295,10 +297,15 @@ def _run_target(
 
 
 class _Postgres:
-    """An empty database per door target: on `--postgres-url`'s server, else on one throwaway cluster."""
+    """An empty database per door target: on `--postgres-url`'s server, else on one throwaway cluster.
 
-    def __init__(self, url: str | None) -> None:
+    The cluster is the tests' (fsync and synchronous_commit off: nothing waits for the disk) unless `durable`, which
+    restarts it with PostgreSQL's defaults, as production runs it: every durable commit waits for its WAL flush.
+    """
+
+    def __init__(self, url: str | None, *, durable: bool) -> None:
         self._url = url
+        self._durable = durable
         self._cluster: Any = None
         self._server: Any = None
         self.pid: int | None = None  # the postmaster, when the benchmark started it (its CPU time is measured)
@@ -314,8 +321,20 @@ class _Postgres:
                 raise RuntimeError("no PostgreSQL: pass --postgres-url or install the server binaries")
             self._cluster = _Cluster(bin_dir)
             self._server = PostgresServer(admin_dsn=self._cluster.start())
+            if self._durable:
+                self._restart_with_defaults()
             self.pid = int((self._cluster.data / "postmaster.pid").read_text().split()[0])
         return str(self._server.create_database())
+
+    def _restart_with_defaults(self) -> None:
+        cluster = self._cluster
+        # pg_ctl's -o replaces the options the cluster was started with: where it listens, and nothing else.
+        options = f"-c listen_addresses=127.0.0.1 -p {cluster.port} -k {cluster.base} -c max_connections=100"
+        proc = cluster._run(
+            "pg_ctl", "-D", str(cluster.data), "-l", str(cluster.log), "-w", "-t", "60", "-o", options, "restart"
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not restart: {proc.stderr[-2000:]}")
 
     def stop(self) -> None:
         if self._cluster is not None:
@@ -347,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--targets", default="ceiling,door-sqlite,door-postgresql")
     parser.add_argument("--postgres-url", help="an empty PostgreSQL database (default: a throwaway cluster)")
+    parser.add_argument(
+        "--postgres-durable",
+        action="store_true",
+        help="the throwaway cluster with PostgreSQL's default durability (fsync, synchronous_commit), not the tests'",
+    )
     parser.add_argument("--baseline", metavar="REV", help="also run each door target from this git revision, first")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/door.json"))
     parser.add_argument("--serve-ceiling", type=int, help=argparse.SUPPRESS)
@@ -363,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Load average at start (1/5/15 min): {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"Command: {command.strip()}", flush=True)
     results: list[LoadResult] = []
-    postgres = _Postgres(args.postgres_url)
+    postgres = _Postgres(args.postgres_url, durable=args.postgres_durable)
     baseline = _checkout(args.baseline) if args.baseline else None
     runs: list[tuple[str, str, Path | None]] = []
     for target in args.targets.split(","):
@@ -397,6 +421,13 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
         },
         "goal": f"p99 <= {GOAL_P99_MS:g} ms at {args.rate:g} req/s",
+        "postgres": "--postgres-url"
+        if args.postgres_url
+        else (
+            "throwaway cluster, PostgreSQL's default durability"
+            if args.postgres_durable
+            else "the tests' cluster, fsync off"
+        ),
         "results": [asdict(r) for r in results],
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
