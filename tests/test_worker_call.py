@@ -95,7 +95,7 @@ async def test_greeting_carries_the_seed_and_the_reply_comes_from_the_llm(settin
             assert call.variables.system["session_id"] == str(session_id)
         finally:
             await call.session.aclose()
-    assert call.end_reason is not None and call.ended_at is not None
+    assert call.end_reason is not None and call.state.ended_at is not None
 
 
 async def test_unset_seeds_fall_back_to_the_revision_defaults(settings: Settings):
