@@ -69,22 +69,44 @@ def run_worker(args: argparse.Namespace, *, dev: bool, app: Path = APP) -> int:
     # The composition root (worker/app.py) reads settings from the environment in this and every job process.
     os.environ["VOICE_WORKER_MODE"] = settings.mode.value
     os.environ["CATALOG_PATH"] = str(settings.catalog_path)
-    from livekit.agents.__main__ import main as livekit_main
-
     from worker import connectivity
 
     connectivity.install(settings.livekit_url)
     argv = ["start", str(app), "--log-level", args.log_level]
     if early is not None:
-        logging.getLogger().removeHandler(early)  # livekit_main installs its own JSON handler
+        logging.getLogger().removeHandler(early)  # livekit's start command installs its own JSON handler
     if not dev:
         # JSON lines; each record of a call carries session_id, agent_id and job_id (telemetry/logcontext.py)
-        return livekit_main([*argv, "--log-format", "json"])
+        return livekit_start([*argv, "--log-format", "json"])
     from worker.devserver import ensure_dev_server
 
     # a laptop with livekit-server installed and nothing on the dev port gets one for the worker's lifetime
     with ensure_dev_server(settings.livekit_url):
-        return livekit_main([*argv, "--dev"])
+        return livekit_start([*argv, "--dev"])
+
+
+def livekit_start(argv: list[str]) -> int:
+    """livekit's documented command line, `python -m livekit.agents <argv>`, run in this process (as `-m` runs it)
+    so that what was set up here (the dev server, the log filters, the environment) lasts as long as the worker.
+    The command line is the interface: its options are livekit's `start` options, its result the exit status."""
+    import runpy
+
+    saved = sys.argv
+    sys.argv = ["python -m livekit.agents", *argv]
+    try:
+        runpy.run_module("livekit.agents", run_name="__main__", alter_sys=False)
+    except SystemExit as done:
+        return _exit_status(done.code)
+    finally:
+        sys.argv = saved
+    return EXIT_OK
+
+
+def _exit_status(code: object) -> int:
+    """What `sys.exit(code)` makes the process's exit status."""
+    if code is None:
+        return EXIT_OK
+    return code if isinstance(code, int) else 1
 
 
 def _early_line(dev: bool, level: int, message: str) -> None:

@@ -12,10 +12,14 @@ audio, on the call's event loop (docs/performance.md: the largest blocker of the
 (tests/test_pipelines_speaking_rate.py compares it with livekit's own code on speech and noise), at a tenth of the
 cost. Nothing else of the synchronizer changes, and the transcript keeps its pacing.
 
-It patches a private method of livekit-agents: `install()` checks that the class still has the methods it replaces
-with the signatures it expects and otherwise leaves livekit alone (logged), so a livekit upgrade that reworks the
-synchronizer costs speed, never behaviour. VOICE_WORKER_STOCK_SPEAKING_RATE=1 keeps livekit's own code (the
-benchmark's before/after, benchmarks/real_server.py --profile).
+It patches a private method of livekit-agents, one of voice-worker's two reaches into its internals (the other is
+worker/livekit_adapter.py): `install()` checks that the class still has the methods it replaces with the signatures
+it expects and otherwise leaves livekit alone (logged), so a livekit upgrade that reworks the synchronizer costs
+speed, never behaviour; tests/test_worker_livekit_adapter.py fails loudly on such an upgrade all the same.
+VOICE_WORKER_STOCK_SPEAKING_RATE=1 keeps livekit's own code (the benchmark's before/after,
+benchmarks/real_server.py --profile). Move to public API when livekit-agents offers it: a speaking-rate detector
+passed to `TranscriptSynchronizer` (today its private `_TextSyncOptions.speaking_rate_detector`, always livekit's
+own `SpeakingRateDetector`), or a faster stock estimate.
 """
 
 from __future__ import annotations

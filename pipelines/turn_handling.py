@@ -16,17 +16,22 @@ from __future__ import annotations
 
 from typing import Final
 
-from livekit.agents.inference.eot.base import MIN_SILENCE_DURATION_MS
-from livekit.agents.inference.eot.languages import LOCAL_LANGUAGES
-from livekit.agents.language import LanguageCode
-from livekit.agents.voice.turn import TurnDetectionMode, TurnHandlingOptions
+from livekit.agents import LanguageCode, TurnHandlingOptions
+from livekit.agents.voice.turn import TurnDetectionMode
 
 from catalog.pipeline_config import VoicePipelineConfig
 from pipelines.interruptions import interruption_options
 
-# livekit refuses a VAD whose min_silence_duration is below this when a streaming turn detector runs:
-# the detector is asked for a prediction after MIN_SILENCE_DURATION_MS of silence.
-TURN_DETECTOR_MIN_SILENCE_S = (MIN_SILENCE_DURATION_MS + 50) / 1000
+# livekit refuses a VAD whose min_silence_duration is below this when a streaming turn detector runs: the
+# detector is asked for a prediction after 200 ms of silence, and livekit wants 50 ms more from the VAD.
+# This and the languages below are livekit-agents 1.8.9's (inference.eot, which livekit does not export);
+# tests/test_livekit_internals.py compares them with the installed release's.
+TURN_DETECTOR_SILENCE_MS = 200
+TURN_DETECTOR_MIN_SILENCE_S = (TURN_DETECTOR_SILENCE_MS + 50) / 1000
+# The languages the offline model has a threshold of its own for.
+TURN_DETECTOR_LANGUAGES: Final = frozenset(
+    {"ar", "de", "en", "es", "fr", "hi", "id", "it", "ja", "ko", "nl", "pt", "tr", "zh"}
+)
 
 # The offline model: livekit-local-inference ships its weights inside the wheel. "v1" is the
 # LiveKit Cloud model, which a self-hosted worker cannot reach.
@@ -41,10 +46,11 @@ def vad_min_silence_s(config: VoicePipelineConfig) -> float:
 
 
 def turn_detector_supports(language: str | None) -> bool:
-    """Whether the offline turn-detector model has a threshold for `language` (else livekit skips it)."""
+    """Whether the offline turn-detector model is tuned for `language` (has a threshold of its own); for any other
+    livekit falls back to English's threshold, which misjudges where turns end."""
     if language is None:
         return False
-    return LanguageCode(language).language in LOCAL_LANGUAGES
+    return LanguageCode(language).language in TURN_DETECTOR_LANGUAGES
 
 
 def _turn_detection(config: VoicePipelineConfig) -> TurnDetectionMode:

@@ -14,7 +14,7 @@ Only identifiers are ever bound: nothing here can carry a secret into a log line
 
 The filter also names each record's logger as `logger`, so every JSON line has level, logger and message.
 `install_json_logging()` gives a process that livekit's CLI does not set up (the door, the worker's own lines
-before livekit starts) the same JSON lines: livekit's formatter plus this filter.
+before livekit starts) the same JSON lines: the formatter of telemetry/json_lines.py plus this filter.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import contextvars
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+
+from telemetry.json_lines import JsonLineFormatter
 
 FIELDS = ("session_id", "agent_id", "job_id")
 # Jobs remembered by the main process; the oldest are forgotten first (a job lasts minutes, this is days of calls).
@@ -94,10 +96,8 @@ def install(logger: logging.Logger | None = None) -> None:
 
 def install_json_logging(level: str | int = logging.INFO) -> logging.Handler:
     """One JSON object per line on stderr for every logger of this process; returns the handler it added."""
-    from livekit.agents.cli.log import JsonFormatter
-
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)

@@ -232,9 +232,9 @@ def outbox_parked(parked: int) -> None:
 
 # --- processes and exposition ----------------------------------------------------------------------------------
 
-# In multiprocess mode a scrape reads every process's file while `process_exited` folds and removes the files of
-# an ended job process; the lock makes each scrape see either the files before or after a fold, never a mix (a
-# counter seen twice, or not at all, for one scrape reads as a counter reset and spikes every rate()).
+# In multiprocess mode a scrape reads every process's file while the files of an ended job process are folded and
+# removed; the lock makes each scrape see either the files before or after a fold, never a mix (a counter seen
+# twice, or not at all, for one scrape reads as a counter reset and spikes every rate()).
 _files_lock = threading.Lock()
 # The file that keeps the counters and histograms of ended processes ("<type>_archive.db"; the collector sums
 # counter and histogram files whatever their pid part).
@@ -251,22 +251,53 @@ def exposition() -> bytes:
     registry = CollectorRegistry(auto_describe=True)
     multiprocess.MultiProcessCollector(registry, path=directory)
     with _files_lock:
+        # a job process that ended since the last scrape (or crashed) leaves no live gauge behind in this one
+        _fold_ended(directory)
         return generate_latest(registry)
 
 
-def process_exited(pid: int | None) -> None:
-    """A job process ended (multiprocess mode): drop its live gauges, so a crashed call does not stay active, and
-    fold its counters and histograms into the archive files, so that the directory, and with it the time a scrape
-    takes, does not grow with every call (livekit runs one process per job)."""
+def fold_ended_processes() -> None:
+    """Multiprocess mode: for every job process that has ended, drop its live gauges, so a crashed call does not
+    stay active, and fold its counters and histograms into the archive files, so that the directory, and with it
+    the time a scrape takes, does not grow with every call (livekit runs one process per job). Each scrape does
+    it first; the metrics endpoint also does it between scrapes, for when nothing scrapes."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if pid is None or pid == os.getpid() or not directory:
-        return
+    if directory:
+        with _files_lock:
+            _fold_ended(directory)
+
+
+def _fold_ended(directory: str) -> None:
+    """Under the lock. A process's files are named `<kind>[_<mode>]_<pid>.db` (prometheus_client); the archive's
+    `_archive.db` is not a pid. Which processes ended is read from the files and the system, not from livekit's
+    process pool: the files are what must be folded, and a process that is gone is gone however it ended."""
+    pids: set[int] = set()
+    for name in os.listdir(directory):
+        stem, _, suffix = name.rpartition("_")
+        number = suffix.removesuffix(".db")
+        if stem and name.endswith(".db") and number.isdigit():
+            pids.add(int(number))
+    for pid in sorted(pids - {os.getpid()}):
+        if not _alive(pid):
+            _fold_process(pid, directory)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now holds the pid: ours has ended
+        return False
+    return True
+
+
+def _fold_process(pid: int, directory: str) -> None:
     from prometheus_client import multiprocess
 
-    with _files_lock:
-        multiprocess.mark_process_dead(pid, directory)
-        for kind in ("counter", "histogram"):
-            _fold(os.path.join(directory, f"{kind}_{pid}.db"), os.path.join(directory, f"{kind}_{_ARCHIVE}.db"))
+    multiprocess.mark_process_dead(pid, directory)
+    for kind in ("counter", "histogram"):
+        _fold(os.path.join(directory, f"{kind}_{pid}.db"), os.path.join(directory, f"{kind}_{_ARCHIVE}.db"))
 
 
 def _fold(ended: str, archive_path: str) -> None:

@@ -1,6 +1,7 @@
 """`voice-worker dev` runs the worker inside `ensure_dev_server(LIVEKIT_URL)`; `voice-worker start` does not, and
 logs JSON. livekit's `start` command and the dev-server helper are replaced by recorders: what they do themselves
-is tested in tests/test_worker_drain.py and tests/test_deploy_devserver.py."""
+is tested in tests/test_worker_drain.py and tests/test_deploy_devserver.py (and the last test here reaches
+livekit's real command line, up to its usage errors)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import contextlib
 from collections.abc import Iterator
 
 import pytest
-from livekit.agents import __main__ as livekit_cli
 
 from cli import main as cli
 from cli import worker_commands
@@ -32,7 +32,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
         return 0
 
     monkeypatch.setattr(devserver, "ensure_dev_server", ensure_dev_server)
-    monkeypatch.setattr(livekit_cli, "main", livekit_main)
+    monkeypatch.setattr(worker_commands, "livekit_start", livekit_main)
     # run_worker exports these for the job processes; keep them out of the other tests
     monkeypatch.setenv("VOICE_WORKER_MODE", "dev")
     monkeypatch.setenv("CATALOG_PATH", str(worker_commands.APP.parent.parent / "catalog" / "examples"))
@@ -57,3 +57,11 @@ def test_start_logs_json_and_starts_no_dev_server(events: list[tuple[str, object
     monkeypatch.setenv("PROMETHEUS_PORT", "0")
     assert cli.main(["start"]) == 0
     assert events == [("worker", ["start", str(worker_commands.APP), "--log-level", "INFO", "--log-format", "json"])]
+
+
+def test_the_worker_is_handed_to_livekits_documented_command_line(capsys: pytest.CaptureFixture[str]):
+    """`python -m livekit.agents`, run in this process: its own usage and exit statuses come back."""
+    assert worker_commands.livekit_start(["--help"]) == 0
+    assert "python -m livekit.agents" in capsys.readouterr().out
+    assert worker_commands.livekit_start(["start", "--no-such-option"]) == 2
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err

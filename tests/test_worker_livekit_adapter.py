@@ -1,19 +1,25 @@
-"""Guard: what worker/livekit_adapter.py relies on in livekit-agents' internals is still there.
+"""Guard: what voice-worker's two adapter modules rely on in livekit-agents' internals is still there
+(tests/test_livekit_internals.py checks that these are the only reaches).
 
 When one of these fails after a livekit-agents upgrade, do not patch the test: read the new
 `AgentServer._answer_availability` / `_is_available` / `_get_effective_load` / `_update_worker_status`, then either
 adapt worker/livekit_adapter.py or, better, move it to the public hooks its docstring names if the new release
-has them. tests/test_worker_burst.py checks the resulting behaviour end to end.
+has them. tests/test_worker_burst.py checks the resulting behaviour end to end. The same for the speaking-rate
+stream that pipelines/speaking_rate.py patches (tests/test_pipelines_speaking_rate.py checks its estimate); that
+module leaves livekit's code in place at run time when it no longer fits, and this test is what says so.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 
 from livekit.agents import AgentServer
 from livekit.agents.version import __version__
+from livekit.agents.voice.transcription import _speaking_rate, synchronizer
 
+from pipelines import speaking_rate
 from worker.livekit_adapter import WRITTEN_FOR, AdmissionAdapter
 
 
@@ -65,3 +71,35 @@ def test_the_capacity_decision_and_the_status_both_use_the_effective_load() -> N
     assert "self._get_effective_load()" in status and ">= load_threshold" in status, _loud("the WS_FULL status")
     run = _source("run")
     assert "self._reserved_slots: int = 0" in run, _loud("where _reserved_slots is initialised")
+
+
+# --- pipelines/speaking_rate.py -------------------------------------------------------------------------------
+
+
+def _stream_methods() -> dict[str, ast.FunctionDef]:
+    """livekit's SpeakingRateStream methods as its source defines them (the class may be patched in this process)."""
+    tree = ast.parse(inspect.getsource(_speaking_rate))
+    stream = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SpeakingRateStream")
+    return {f.name: f for f in stream.body if isinstance(f, ast.FunctionDef)}
+
+
+def test_the_patched_methods_exist_with_the_parameters_the_patch_takes() -> None:
+    methods = _stream_methods()
+    for name, params in speaking_rate._EXPECTED.items():
+        assert name in methods, _loud(f"SpeakingRateStream.{name} (gone)")
+        found = [a.arg for a in methods[name].args.args]
+        assert found == params, _loud(f"SpeakingRateStream.{name}'s parameters ({found})")
+
+
+def test_the_patched_methods_are_on_the_path_of_every_estimate() -> None:
+    methods = _stream_methods()
+    # the estimate goes through the spectral flux, and the flux through the STFT: replacing both replaces the work
+    compute = ast.unparse(methods["_compute_speaking_rate"])
+    assert "self._spectral_flux(audio, sample_rate)" in compute, _loud("how the speaking rate is computed")
+    flux = ast.unparse(methods["_spectral_flux"])
+    assert "self._stft(audio, frame_length, hop_length)" in flux, _loud("how the spectral flux is computed")
+    # every synchronizer estimates with livekit's detector, whose streams are this class
+    sync = inspect.getsource(synchronizer)
+    assert "speaking_rate_detector=SpeakingRateDetector()" in sync, _loud("the synchronizer's detector")
+    stream = inspect.getsource(_speaking_rate.SpeakingRateDetector.stream)
+    assert "SpeakingRateStream(" in stream, _loud("the detector's stream class")

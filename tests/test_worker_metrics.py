@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -297,8 +298,10 @@ async def run_outbox_loop(settings: Settings, *, expected_backlog: int) -> int |
 
 
 def test_an_ended_job_process_is_folded_into_the_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Multiprocess mode, with the files a job process leaves (written the way prometheus_client writes them):
-    its live gauge goes, its counters and histograms move into one archive file and keep counting."""
+    """Multiprocess mode, with the files job processes leave (written the way prometheus_client writes them): a
+    scrape folds the files of a process that has ended (its live gauge goes, its counters and histograms move into
+    one archive file and keep counting) and leaves a running one's alone; the endpoint's folding between scrapes
+    does the same."""
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     labels = ["session_type", "end_reason"], ["live", "participant_left"]
     calls = mmap_key("voice_worker_calls", "voice_worker_calls_total", *labels, "Calls")
@@ -310,15 +313,25 @@ def test_an_ended_job_process_is_folded_into_the_archive(tmp_path: Path, monkeyp
             values.write_value(key, amount, 0.0)
             values.close()
 
-    job_process(101)
-    job_process(102)
-    assert value(parse(metrics.exposition().decode()), "voice_worker_active_calls", session_type="live") == 2
-    metrics.process_exited(101)
-    metrics.process_exited(102)
-    job_process(103)
+    running = subprocess.Popen(["sleep", "60"])
+    ended = [subprocess.Popen(["true"]) for _ in range(2)]
+    try:
+        for process in ended:
+            process.wait()
+            job_process(process.pid)
+        job_process(running.pid)
 
+        samples = parse(metrics.exposition().decode())
+        assert value(samples, "voice_worker_calls_total", session_type="live", end_reason="participant_left") == 3
+        assert value(samples, "voice_worker_active_calls", session_type="live") == 1
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert left == sorted([f"counter_{running.pid}.db", "counter_archive.db", f"gauge_livesum_{running.pid}.db"])
+    finally:
+        running.kill()
+        running.wait()
+
+    metrics.fold_ended_processes()
     samples = parse(metrics.exposition().decode())
     assert value(samples, "voice_worker_calls_total", session_type="live", end_reason="participant_left") == 3
-    assert value(samples, "voice_worker_active_calls", session_type="live") == 1
-    left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == ["counter_103.db", "counter_archive.db", "gauge_livesum_103.db"]
+    assert value(samples, "voice_worker_active_calls", session_type="live") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_archive.db"]

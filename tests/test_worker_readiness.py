@@ -1,10 +1,13 @@
-"""Readiness on the health port: `GET /ready` answers 200 only once the worker is registered with LiveKit, while
-livekit's `GET /` (liveness) stays OK before that. The real AgentServer, against the LiveKit protocol double
-and against a port where nothing listens."""
+"""Readiness on the health port: `GET /ready` answers 200 only once the worker is registered with LiveKit and
+503 again while the link to LiveKit is down, while livekit's `GET /` (liveness) and `GET /worker`, relayed on the
+same port, stay OK. The real AgentServer, against the LiveKit protocol double and against a port where nothing
+listens."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -52,7 +55,7 @@ def _server(livekit_url: str) -> VoiceWorkerServer:
 async def _get(server: VoiceWorkerServer, path: str) -> tuple[int, str]:
     async with (
         aiohttp.ClientSession() as http,
-        http.get(f"http://127.0.0.1:{server._http_server.port}{path}") as response,
+        http.get(f"http://127.0.0.1:{server.health.port}{path}") as response,
     ):
         return response.status, await response.text()
 
@@ -79,21 +82,50 @@ async def running() -> AsyncIterator[tuple[VoiceWorkerServer, LiveKitServerDoubl
 
 async def test_ready_once_registered(running: tuple[VoiceWorkerServer, LiveKitServerDouble]) -> None:
     server, lk = running
-    await lk.wait_registered(timeout=TIMEOUT)
+    registration = await lk.wait_registered(timeout=TIMEOUT)
     await _until(lambda: server.readiness() is None, "readiness after registration")
     assert await _get(server, "/ready") == (200, "ready")
-    assert (await _get(server, "/"))[0] == 200
+    assert await _get(server, "/") == (200, "OK")
+    status, info = await _get(server, "/worker")
+    assert status == 200 and json.loads(info)["agent_name"] == registration.agent_name
+
+
+async def test_not_ready_while_the_link_to_livekit_is_down(
+    running: tuple[VoiceWorkerServer, LiveKitServerDouble],
+) -> None:
+    """livekit reports no drop through a public API: the watch (worker/connectivity.py ConnectionWatch) reads the
+    warning livekit logs at that moment. If a livekit upgrade rewords it, this test fails."""
+    server, lk = running
+    await lk.wait_registered(timeout=TIMEOUT)
+    await _until(lambda: server.readiness() is None, "readiness after registration")
+    registrations = len(lk.registrations)
+    await lk.drop_connection()
+    await lk.wait_for(lambda: len(lk.registrations) > registrations, TIMEOUT)
+    await _until(lambda: server.readiness() is None, "readiness after the worker registered again")
+    assert server.connection.losses == 1
+
+
+def test_readiness_names_why_not() -> None:
+    server = _server("ws://127.0.0.1:1")
+    assert server.readiness() == "not registered with LiveKit yet"
+    server.connection.registered()
+    assert server.readiness() is None
+    message = "failed to connect to livekit, retrying in 2s"
+    server.connection.filter(logging.LogRecord("livekit.agents", logging.WARNING, __file__, 1, message, (), None))
+    assert server.readiness() == "reconnecting to LiveKit"
+    server.connection.registered()
+    assert server.readiness() is None
 
 
 async def test_not_ready_while_livekit_is_unreachable_but_alive() -> None:
     server = _server(f"ws://127.0.0.1:{_closed_port()}")
     task = asyncio.create_task(server.run(devmode=True))
     try:
-        await _until(lambda: server._http_server is not None and server._http_server.port, "the health server")
+        await _until(lambda: server.worker_info.http_port != 0, "livekit's health server")
         await asyncio.sleep(0.5)  # a connection attempt or two have failed by now
         assert await _get(server, "/ready") == (503, "not registered with LiveKit yet")
         # liveness: the process is fine, it keeps retrying; restarting it would not help
-        assert (await _get(server, "/"))[0] == 200
+        assert await _get(server, "/") == (200, "OK")
     finally:
         await asyncio.wait_for(server.aclose(), TIMEOUT)
         await asyncio.wait_for(task, TIMEOUT)

@@ -1,8 +1,9 @@
-"""Turning livekit's reconnect warnings into one line an operator can act on.
+"""What livekit's log lines about the link to LiveKit mean: one line an operator can act on, and readiness.
 
 livekit-agents logs every failed attempt to reach the server with the exception attached. When nothing answers
 at LIVEKIT_URL that is the expected state of a fresh laptop, so say what was tried and how to fix it, without
-a traceback, and keep the worker retrying.
+a traceback, and keep the worker retrying. The same warning marks the moment a registered worker loses the link,
+which readiness needs to know (`ConnectionWatch`).
 """
 
 from __future__ import annotations
@@ -92,3 +93,39 @@ def worker_failure() -> str | None:
 
 def install(url: str) -> None:
     logging.getLogger(_LIVEKIT_LOGGER).addFilter(UnreachableLiveKitFilter(url))
+
+
+class ConnectionWatch(logging.Filter):
+    """Whether this worker's link to LiveKit is up, for readiness: up at livekit's `worker_registered` event (which
+    it emits on every registration, reconnections included), down at the warning livekit logs the moment the link
+    drops or an attempt to open it fails ("failed to connect to livekit, retrying in ..."). No public livekit API
+    reports the drop itself; that warning is the one observable sign (tests/test_worker_readiness.py drops the
+    link and fails if the watch stops seeing it). It sees the record before UnreachableLiveKitFilter rewrites or
+    drops it, so `install()` puts it first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registered_once = False
+        self.up = False
+        self.losses = 0
+
+    def registered(self) -> None:
+        self.registered_once = self.up = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.up and record.getMessage().startswith(_RETRY_PREFIX):
+            self.up = False
+            self.losses += 1
+        return True
+
+    def install(self) -> None:
+        livekit = logging.getLogger(_LIVEKIT_LOGGER)
+        if self not in livekit.filters:
+            livekit.filters.insert(0, self)
+        if not livekit.isEnabledFor(logging.WARNING):
+            logging.getLogger("voice_worker.server").warning(
+                "livekit's log level is above WARNING: readiness cannot see the LiveKit link drop"
+            )
+
+    def remove(self) -> None:
+        logging.getLogger(_LIVEKIT_LOGGER).removeFilter(self)

@@ -1,4 +1,5 @@
-"""The one place voice-worker reaches into livekit-agents internals (1.8.9): how an offer is answered.
+"""One of the two places voice-worker reaches into livekit-agents internals (1.8.9): how an offer is answered.
+(The other is pipelines/speaking_rate.py; tests/test_livekit_internals.py fails if a third appears.)
 
 livekit-agents answers a job offer (`AvailabilityRequest`) in `AgentServer._answer_availability`: it refreshes
 the load, asks `_is_available()` (effective load below `load_threshold`), reserves a slot (`_reserved_slots`) and
@@ -14,7 +15,7 @@ only then runs our request function. Two things about that do not fit a voice wo
   CPU as a guard), so a burst is accepted up to the capacity and refused at once above it.
 
 Everything else (reservation and its release, the accept/assignment flow, the status sent to LiveKit) stays
-livekit's. tests/test_livekit_adapter.py fails loudly when the installed livekit-agents stops doing what this
+livekit's. tests/test_worker_livekit_adapter.py fails loudly when the installed livekit-agents stops doing what this
 module relies on. Move to public API when livekit-agents offers it: a request hook that runs before the
 availability check (today `AgentServer.rtc_session(on_request=...)` runs after it) and a load hook that sees
 reserved jobs (today `load_fnc(server)` sees `server.active_jobs` only).
@@ -27,7 +28,6 @@ import math
 from typing import Protocol
 
 from livekit.agents import AgentServer
-from livekit.agents.worker import ServerEnvOption
 from livekit.protocol import agent
 
 from telemetry import metrics
@@ -53,6 +53,9 @@ class AdmissionAdapter(AgentServer):
     """An AgentServer that screens offers before its capacity decision and counts capacity in calls."""
 
     _offer_screen: OfferScreen | None = None
+    # The load threshold livekit applies in this run (dev or production), set by the subclass before `run()`
+    # through the public `update_options`; infinite means livekit's own convention for a dev worker.
+    load_threshold_in_force: float = math.inf
 
     def screen_offers(self, screen: OfferScreen) -> None:
         self._offer_screen = screen
@@ -89,7 +92,7 @@ class AdmissionAdapter(AgentServer):
         load_fnc = self.load_fnc
         if not isinstance(load_fnc, CallLoad):
             return super()._get_effective_load()
-        if math.isinf(ServerEnvOption.getvalue(self._load_threshold, self._devmode)):
+        if math.isinf(self.load_threshold_in_force):
             # dev mode: livekit never reports a dev worker full; keep its convention
             return super()._get_effective_load()
         return load_fnc.effective(active=len(self.active_jobs), reserved=self._reserved_slots)

@@ -11,15 +11,14 @@ outbox in the main process, after every job (and its post-call processing) has e
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from aiohttp import web
 from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, JobRequest
-from livekit.agents.worker import ServerEnvOption
+from livekit.agents.utils.hw import get_cpu_monitor
 from livekit.protocol import agent
 
 from calls.admission import Admission, admit
@@ -30,6 +29,8 @@ from contract.dispatch import DispatchRejected, verify_dispatch_metadata
 from records.record import SessionRecord
 from telemetry import logcontext, metrics
 from worker.capacity import CallLoad
+from worker.connectivity import ConnectionWatch
+from worker.health import LIVEKIT_HEALTH_HOST, HealthEndpoint
 from worker.livekit_adapter import DRAINING, AdmissionAdapter
 from worker.metrics_endpoint import MetricsEndpoint
 from worker.outbox_loop import OutboxLoop
@@ -180,78 +181,87 @@ def _postcall_result(record: SessionRecord | None) -> str:
     return "degraded" if record.postcall_error else "ok"
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PerMode(Generic[T]):
+    """An AgentServer option whose value depends on livekit's dev mode (`--dev`), known only when `run()` starts."""
+
+    dev: T
+    production: T
+
+    def pick(self, devmode: bool) -> T:
+        return self.dev if devmode else self.production
+
+
+def _per_mode(value: T | PerMode[T]) -> PerMode[T]:
+    return value if isinstance(value, PerMode) else PerMode(value, value)
+
+
 class VoiceWorkerServer(AdmissionAdapter):
     """livekit's AgentServer plus what voice-worker's main process owns:
 
-    - the metrics endpoint (worker/metrics_endpoint.py), up for as long as `run()`;
+    - the health port (worker/health.py): livekit's `GET /` and `GET /worker` relayed, and `GET /ready`;
+    - the metrics endpoint (worker/metrics_endpoint.py); both up for as long as `run()`;
     - the post-call outbox loop, started with the worker and stopped and flushed in `aclose()`, which livekit's
       CLI calls after the drain: by then every job has ended and queued its webhook;
     - the call-context log filter on this process's handlers (the thread executor runs calls here too);
     - offers screened by the dispatch gate before livekit's capacity decision, and capacity counted in calls
       (worker/livekit_adapter.py); the offers livekit refuses by itself (draining, at capacity) counted;
-    - in multiprocess metrics mode, the files of each ended job process folded away (telemetry/metrics.py);
-    - `GET /ready` on the health port: 200 once registered with LiveKit, 503 (with the reason) while it is
-      connecting or reconnecting, or draining. livekit's `GET /` stays OK while LiveKit is unreachable (the
-      worker retries forever, so a restart would not help: right for liveness); readiness tells a rollout
-      whether this pod really takes calls.
+    - the load threshold and idle processes for dev or production, chosen when `run()` learns livekit's dev mode.
     """
 
     def __init__(
-        self, *, outbox: OutboxLoop | None = None, metrics_endpoint: MetricsEndpoint | None = None, **options: Any
+        self,
+        *,
+        health: tuple[str, int],
+        outbox: OutboxLoop | None = None,
+        metrics_endpoint: MetricsEndpoint | None = None,
+        load_threshold: float | PerMode[float],
+        num_idle_processes: int | PerMode[int],
+        **options: Any,
     ) -> None:
-        self._health_server: Any = None
-        super().__init__(**options)
+        """`health`: where the health port listens; livekit's own health server goes to the loopback."""
+        super().__init__(host=LIVEKIT_HEALTH_HOST, port=0, **options)
         self._outbox = outbox
         self.metrics_endpoint = metrics_endpoint
-        self._registered = False
+        self._load_threshold_per_mode = _per_mode(load_threshold)
+        self._idle_processes_per_mode = _per_mode(num_idle_processes)
+        self.connection = ConnectionWatch()
+        self.health = HealthEndpoint(*health, readiness=self.readiness, livekit_port=lambda: self.worker_info.http_port)
         self.on("worker_started", self._on_worker_started)
-        self.on("worker_registered", self._on_registered)
-
-    # livekit builds its health server inside `run()` and starts it before anything else runs, so the route is
-    # added as livekit stores it (tests/test_worker_readiness.py fails if livekit stops storing it there)
-    @property
-    def _http_server(self) -> Any:
-        return self._health_server
-
-    @_http_server.setter
-    def _http_server(self, server: Any) -> None:
-        self._health_server = server
-        if server is not None:
-            server.app.add_routes([web.get("/ready", self._ready)])
-
-    def _on_registered(self, *_: Any) -> None:
-        self._registered = True
+        self.on("worker_registered", lambda *_: self.connection.registered())
 
     def readiness(self) -> str | None:
         """None when ready to take calls, otherwise why not."""
         if self.draining:
             return "draining"
-        if not self._registered:
+        if not self.connection.registered_once:
             return "not registered with LiveKit yet"
-        if getattr(self, "_connecting", False):
+        if not self.connection.up:
             return "reconnecting to LiveKit"
         return None
 
-    async def _ready(self, _request: web.Request) -> web.Response:
-        reason = self.readiness()
-        return web.Response(text="ready") if reason is None else web.Response(status=503, text=reason)
-
     async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
+        self.load_threshold_in_force = self._load_threshold_per_mode.pick(devmode)
+        self.update_options(
+            load_threshold=self.load_threshold_in_force,
+            num_idle_processes=self._idle_processes_per_mode.pick(devmode),
+        )
+        self.connection.install()
+        await self.health.start()
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.start()
-        await super().run(devmode=devmode, unregistered=unregistered)
+        try:
+            await super().run(devmode=devmode, unregistered=unregistered)
+        except BaseException:
+            # a run that never started is never closed by livekit's CLI: free the ports here
+            await self._close_own()
+            raise
 
     def _on_worker_started(self) -> None:
         logcontext.install()
-        loop = asyncio.get_running_loop()
-
-        def process_closed(proc: Any) -> None:
-            # file work under the scrape lock: off the event loop
-            loop.run_in_executor(None, metrics.process_exited, getattr(proc, "pid", None))
-
-        pool = getattr(self, "_proc_pool", None)
-        if pool is not None:
-            pool.on("process_closed", process_closed)
         if self._outbox is not None:
             self._outbox.start()
 
@@ -259,8 +269,13 @@ class VoiceWorkerServer(AdmissionAdapter):
         await super().aclose()
         if self._outbox is not None:
             await self._outbox.stop_and_flush()
+        await self._close_own()
+
+    async def _close_own(self) -> None:
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.aclose()
+        await self.health.aclose()
+        self.connection.remove()
 
 
 SessionEntrypoint = Callable[[JobContext], Awaitable[None]]
@@ -282,8 +297,6 @@ def create_server(
         "ws_url": settings.livekit_url,
         "api_key": key,
         "api_secret": secret,
-        "host": settings.health_host,
-        "port": settings.health_port,
         "setup_fnc": setup_process,
         # Shutdown callbacks run post-call processing (up to three bounded steps: summary, memory, delivery).
         "shutdown_process_timeout": 3 * settings.postcall_step_timeout_s + 10,
@@ -292,7 +305,7 @@ def create_server(
         "load_fnc": CallLoad.from_settings(settings),
         # CallLoad's load is 1 when full (calls at capacity, or CPU at LOAD_THRESHOLD); livekit's convention: a
         # dev worker never reports itself full
-        "load_threshold": ServerEnvOption(dev_default=math.inf, prod_default=CallLoad.FULL),
+        "load_threshold": PerMode(dev=math.inf, production=CallLoad.FULL),
         "drain_timeout": settings.drain_timeout_s,
         "job_executor_type": JobExecutorType(settings.job_executor),
         # the setup function loads the VAD and the catalog and prebuilds every pipeline (worker/services.py);
@@ -300,15 +313,24 @@ def create_server(
         "initialize_process_timeout": 60.0,
         # livekit's dev mode keeps no idle job process, so every call of `voice-worker dev` waited for one to start
         # (seconds) before the agent joined the caller's browser: keep one warm there; production keeps livekit's
-        "num_idle_processes": ServerEnvOption(
-            dev_default=1, prod_default=AgentServer._default_num_idle_processes.prod_default
-        ),
+        # default, one per CPU (tests/test_livekit_internals.py compares it with livekit's)
+        "num_idle_processes": PerMode(dev=1, production=production_idle_processes()),
     }
     options.update(server_options)
     endpoint = MetricsEndpoint(settings.health_host, settings.metrics_port) if settings.metrics_port else None
-    server = VoiceWorkerServer(outbox=OutboxLoop(settings), metrics_endpoint=endpoint, **options)
+    server = VoiceWorkerServer(
+        health=(settings.health_host, settings.health_port),
+        outbox=OutboxLoop(settings),
+        metrics_endpoint=endpoint,
+        **options,
+    )
     gate = gate or DispatchGate(settings, CatalogStore(settings.catalog_path))
     gate.attach(server)
     server.screen_offers(gate.screen)
     server.rtc_session(session_entrypoint, agent_name=settings.agent_name, on_request=gate)
     return server
+
+
+def production_idle_processes() -> int:
+    """livekit's production default for warm job processes: one per CPU the worker may use (a container's quota)."""
+    return math.ceil(get_cpu_monitor().cpu_count())
