@@ -187,8 +187,8 @@ def _observe_turn(event: ConversationItemAddedEvent) -> None:
 
 
 async def _known_facts(store: SessionStore | None, end_user_id: str | None, session_type: SessionType) -> list[str]:
-    # Test sessions leave memory untouched, and they do not read it either: a test call behaves like a first call.
-    if store is None or not end_user_id or session_type == SessionType.TEST:
+    # Test and simulation sessions neither read nor write memory: such a call behaves like a first call.
+    if store is None or not end_user_id or session_type.suppresses_postcall:
         return []
     try:
         return await asyncio.wait_for(store.facts_for(end_user_id), MEMORY_LOOKUP_TIMEOUT_S)

@@ -15,3 +15,8 @@ class SessionType(StrEnum):
     TEST = "test"
     # A scripted or simulated caller (`voice-worker simulate`): like test, and records are marked as such.
     SIMULATION = "simulation"
+
+    @property
+    def suppresses_postcall(self) -> bool:
+        """No summary, no memory read or written: nobody real was on the call."""
+        return self is not SessionType.LIVE

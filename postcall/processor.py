@@ -5,7 +5,7 @@ Order matters for what survives a failure:
 1. the outcome (transcript, metrics, usage, end reason) is recorded first, on its own;
 2. summary and memory extraction each run under `postcall_step_timeout_s`; a failure is noted, not raised;
 3. one transaction writes the post-call fields, merges the end user's facts and queues the webhook.
-A test session (by the type stored on the record, which the door set) runs neither model nor memory
+A test or simulation session (by the type stored on the record) runs neither model nor memory
 write: both states are `suppressed`. Cancellation (worker shutdown) is not swallowed; what was recorded
 in step 1 stays, with states still `pending`.
 """
@@ -19,7 +19,6 @@ from typing import Any, Protocol, TypeVar
 
 from livekit.agents import llm
 
-from contract.session_type import SessionType
 from postcall.memory import MemoryExtractor
 from postcall.payload import webhook_payload
 from postcall.summary import summarize
@@ -91,7 +90,7 @@ class PostCallProcessor:
             logger.error("session %s: outcome could not be recorded: %s", outcome.session_id, errors[-1])
             return None
 
-        if record.session_type is SessionType.TEST:
+        if record.session_type.suppresses_postcall:
             result = PostcallResult(
                 summary=None, summary_state=SummaryState.SUPPRESSED, memory_state=MemoryState.SUPPRESSED
             )

@@ -83,7 +83,7 @@ def _require_one_owner(agent_id: uuid.UUID | None, team_id: uuid.UUID | None) ->
 
 def new_session_values(session_id: uuid.UUID, session_type: SessionType, now: datetime) -> dict[str, Any]:
     """A new session row's columns, before its agent or team and seeds."""
-    suppressed = session_type is SessionType.TEST
+    suppressed = session_type.suppresses_postcall
     return {
         "id": session_id,
         "session_type": session_type.value,
@@ -341,7 +341,7 @@ class SessionStore:
                 conn.execute(sa.insert(sessions).values(**new))
             else:
                 m = row._mapping
-                suppressed = m["session_type"] == SessionType.TEST.value
+                suppressed = SessionType(m["session_type"]).suppresses_postcall
                 values["summary_state"] = (SummaryState.SUPPRESSED if suppressed else SummaryState.PENDING).value
                 values["memory_state"] = (MemoryState.SUPPRESSED if suppressed else MemoryState.PENDING).value
                 values["summary"] = None

@@ -201,6 +201,16 @@ async def test_test_session_calls_no_model_nor_memory_writer_and_leaves_memory_u
     assert entry is not None and entry.payload["session"]["memory_state"] == "suppressed"
 
 
+async def test_a_simulation_session_is_recorded_as_one_without_a_model_call(sqlite_store: SessionStore) -> None:
+    summaries, extractor = CountingFactory(["nope"]), CountingExtractor(["nope"])
+    outcome = make_outcome(session_type="simulation")  # `voice-worker simulate`: no door row, the worker's own
+    record = await PostCallProcessor(sqlite_store, make_settings(), summaries, extractor).process(outcome)
+    assert record is not None and record.session_type is SessionType.SIMULATION
+    assert (record.summary_state, record.memory_state) == (SummaryState.SUPPRESSED, MemoryState.SUPPRESSED)
+    assert summaries.made == [] and extractor.calls == 0
+    assert await sqlite_store.facts_for(USER) == []
+
+
 async def test_a_worker_claiming_live_for_a_door_test_session_still_gets_no_model_call(
     sqlite_store: SessionStore,
 ) -> None:
@@ -249,7 +259,7 @@ async def test_memory_is_skipped_without_an_end_user_or_with_too_few_user_turns(
     extractor = CountingExtractor(["anything"])
     processor = PostCallProcessor(sqlite_store, make_settings(MEMORY_MIN_USER_TURNS=3), None, extractor)
 
-    anonymous = await processor.process(make_outcome(end_user_id=None, session_type="simulation"))
+    anonymous = await processor.process(make_outcome(end_user_id=None))
     short = await processor.process(make_outcome())  # 2 user turns < 3
     assert anonymous is not None and short is not None
     assert anonymous.memory_state is MemoryState.SKIPPED and short.memory_state is MemoryState.SKIPPED
