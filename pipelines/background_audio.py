@@ -22,6 +22,8 @@ from catalog.pipeline_config import BackgroundAudioPreset, VoicePipelineConfig
 
 log = logging.getLogger("voice_worker.pipelines.background_audio")
 
+CLOSE_TIMEOUT_S = 2.0
+
 # The platform's presets, as livekit's built-in clips ("cafe": livekit's crowded room).
 PRESET_CLIPS: dict[BackgroundAudioPreset, BuiltinAudioClip] = {
     "office": BuiltinAudioClip.OFFICE_AMBIENCE,
@@ -58,14 +60,20 @@ class BackgroundAudio:
         return ambience
 
     def _on_close(self, _event: object) -> None:
+        # the clip stops at once, whatever becomes of the player's close (the job's teardown may cancel it)
+        self.handle.stop()
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._player.aclose())
 
     async def aclose(self) -> None:
-        """Stop the ambience and unpublish its track (idempotent)."""
+        """Stop the ambience and unpublish its track (idempotent). Never raises and never waits longer than
+        `CLOSE_TIMEOUT_S`: it runs at the end of a call, before the session record is written."""
         self._on_close(None)
         assert self._closing is not None
-        try:
-            await asyncio.shield(self._closing)
-        except Exception:  # the room may be gone already; nothing is left to stop then
-            log.debug("background audio closed with an error", exc_info=True)
+        # asyncio.wait, not await: a close task cancelled by the job's own teardown must not cancel the caller
+        done, _ = await asyncio.wait({self._closing}, timeout=CLOSE_TIMEOUT_S)
+        if not done:
+            log.warning("background audio did not close within %.0f s", CLOSE_TIMEOUT_S)
+        elif not self._closing.cancelled() and self._closing.exception() is not None:
+            # the room may be gone already; nothing is left to stop then
+            log.debug("background audio closed with an error", exc_info=self._closing.exception())

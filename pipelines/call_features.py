@@ -22,6 +22,9 @@ from pipelines.voicemail import VoicemailScreen
 
 log = logging.getLogger("voice_worker.pipelines.call_features")
 
+# publishing the ambience track is one round trip to the server; a start still pending at the end is dropped
+AMBIENCE_START_TIMEOUT_S = 2.0
+
 
 def caller_of(session: AgentSession[Any], room: rtc.Room | None) -> rtc.Participant | None:
     """The caller the session listens to: its linked participant, else a phone line already in the room."""
@@ -73,10 +76,18 @@ class CallFeatures:
         if self.detach_phrases is not None:
             self.detach_phrases()
         if self._ambience is not None:
-            try:
-                ambience = await self._ambience
-            except Exception:  # the room went away before the track was published: nothing plays
-                log.warning("background audio did not start", exc_info=True)
+            # asyncio.wait, not await: a start the job's teardown cancelled must not cancel the end of the call
+            done, _ = await asyncio.wait({self._ambience}, timeout=AMBIENCE_START_TIMEOUT_S)
+            if not done:
+                self._ambience.cancel()
                 return
+            if self._ambience.cancelled() or self._ambience.exception() is not None:
+                # the room went away before the track was published: nothing plays
+                log.warning(
+                    "background audio did not start: %r",
+                    None if self._ambience.cancelled() else self._ambience.exception(),
+                )
+                return
+            ambience = self._ambience.result()
             if ambience is not None:
                 await ambience.aclose()

@@ -197,3 +197,20 @@ async def test_nothing_plays_when_disabled_or_without_a_room() -> None:
         assert room.local_participant.published == []
     finally:
         await session.aclose()
+
+
+async def test_closing_never_raises_when_the_jobs_teardown_cancelled_the_close(call: Any) -> None:
+    c = await call(background_audio_preset="office")
+    await c.session.aclose()  # the session's close starts closing the player
+    closing = c.ambience._closing
+    assert closing is not None
+    closing.cancel()  # as livekit's job teardown cancels the job's pending tasks
+    await c.ambience.aclose()  # returns (the call goes on to write its record), and the ambience is silent
+    closed_at = time.time()
+    await asyncio.sleep(1.2)
+    assert c.listener.loudest(closed_at + 0.6, time.time()) < 1.0
+    # what the job process's exit does to the player's tasks left by the cancelled close
+    leftovers = [t for t in asyncio.all_tasks() if "BackgroundAudioPlayer" in repr(t.get_coro())]
+    for task in leftovers:
+        task.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)

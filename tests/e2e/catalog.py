@@ -35,8 +35,11 @@ def _point_at_doubles(node: Any, doubles: ProviderDoubles, kind: str = "llm") ->
 
 def write_catalog(target: Path, doubles: ProviderDoubles, examples: Path = EXAMPLES) -> Path:
     target.mkdir(parents=True, exist_ok=True)
-    for source in sorted(examples.glob("*.yaml")):
+    # every file, subdirectories too (tools/, personas/): the catalog an example agent refers to is whole
+    for source in sorted(examples.rglob("*.yaml")):
         doc = yaml.safe_load(source.read_text())
         _point_at_doubles(doc, doubles)
-        (target / source.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+        written = target / source.relative_to(examples)
+        written.parent.mkdir(parents=True, exist_ok=True)
+        written.write_text(yaml.safe_dump(doc, sort_keys=False))
     return target
