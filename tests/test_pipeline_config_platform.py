@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -238,3 +239,18 @@ def test_flat_first_speaking_fields_merge_with_the_default_greeting() -> None:
     config = _load(ai_disclosure_text="This call is with an AI assistant.")
     assert config.first_speaking.ai_disclosure_text == "This call is with an AI assistant."
     assert config.first_speaking.text == VoicePipelineConfig().first_speaking.text
+
+
+def test_the_docs_have_one_row_per_field_and_name_tests_that_exist() -> None:
+    docs = (ROOT / "docs" / "pipeline-config.md").read_text()
+    section = docs.split("## Every platform field", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    named = [row.split("`", 2)[1] for row in rows]
+    assert named == BEHAVIOUR  # one row each, in the schema's (alphabetical) order
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 6, row
+        proofs = re.findall(r"`(tests/[\w/]+\.py)`", cells[5])
+        assert proofs, f"{named[rows.index(row)]}: no test named"
+        for proof in proofs:
+            assert (ROOT / proof).is_file(), proof
