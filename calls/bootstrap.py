@@ -24,6 +24,7 @@ from calls.greeting import greet
 from calls.limits import CallLimits
 from calls.state import CallState
 from calls.status import publish_call_status
+from catalog.loader import Catalog
 from catalog.variables import CallVariables
 from contract.dispatch import verify_dispatch_metadata
 from contract.session_type import SessionType
@@ -55,34 +56,10 @@ async def start_call(
     """Bootstrap a call from the job's metadata; raises `DispatchRejected` for a dispatch it cannot serve."""
     entered = time.perf_counter()
     settings = services.settings
-    # from here on every log record of this task and of the tasks it creates carries the call's ids
-    logcontext.bind(job_id=ctx.job.id)
-    claims = verify_dispatch_metadata(
-        ctx.job.metadata, secret=settings.signing_secret(), issuer=settings.dispatch_issuer
-    )
     catalog = services.catalog.get()
-    admission = admit(
-        claims, catalog, settings, **({"pipeline_check": llm_only_pipeline_check} if services.text_only else {})
-    )
-    call_fields = {"session_id": str(claims.session_id), "agent_id": str(admission.agent.id), "job_id": ctx.job.id}
-    logcontext.bind(**call_fields)
-    # livekit's own job log filter adds them to the job's records outside this task tree (shutdown sequence)
-    ctx.log_context_fields.update(call_fields)
+    state, system_values = _admitted_state(ctx, services, catalog)
+    admission, claims, variables = state.admission, state.claims, state.variables
     revision = admission.revision
-    system_values: dict[str, Any] = {
-        "session_id": str(claims.session_id),
-        "session_type": claims.session_type,
-        "agent_id": str(admission.agent.id),
-        "team_id": str(admission.team.id) if admission.team else None,
-        "end_user_id": claims.end_user_id,
-    }
-    variables = CallVariables.bootstrap(
-        revision.context_variables,
-        defaults=revision.variable_defaults,
-        seeds=admission.seeds,
-        system=system_values,
-    )
-    state = CallState(admission=admission, variables=variables, job_id=ctx.job.id, started_at=datetime.now(UTC))
     built = services.session_kwargs(admission.pipeline)
     resources = None if isinstance(built, dict) else built
     session = AgentSession[CallState](userdata=state, **(built if isinstance(built, dict) else built.session_kwargs()))
@@ -91,36 +68,7 @@ async def start_call(
     ctx.add_shutdown_callback(router_models.aclose)
     transfer_line = TransferLine(on_end=state.end, sip_outbound_trunk_id=settings.sip_outbound_trunk_id)
     platform_tools = CallTools(catalog.tools, ToolConfig.from_settings(settings), transfer_line=transfer_line)
-    framing = AgentFraming.for_pipeline(admission.pipeline, catalog.personas)
-    agent: CallAgent
-    if admission.team is not None:
-        team_call = TeamCall(
-            team=admission.team,
-            agents=catalog.agents,
-            system_values=system_values,
-            on_end=state.end,
-            router_models=router_models,
-            supervision=state.supervision,
-            initial_variables=variables,
-            platform_tools=platform_tools,
-            framing=framing,
-        )
-        agent = team_call.initial_agent()
-    else:
-        supervisor = Supervisor.for_revision(
-            revision,
-            router_model=router_models(revision.router_model_settings),
-            record=state.supervision,
-            agent_id=admission.agent.id,
-        )
-        agent = CallAgent(
-            revision=revision,
-            variables=variables,
-            on_end=state.end,
-            supervisor=supervisor,
-            platform_tools=platform_tools,
-            framing=framing,
-        )
+    agent = _first_agent(state, catalog, system_values, router_models, platform_tools)
     call = Call(state=state, session=session, agent=agent, resources=resources, tools=platform_tools)
     memory = await _known_facts(services.store, claims.end_user_id, claims.session_type)
     if memory:
@@ -178,6 +126,79 @@ async def start_call(
         extra=state.log_context,
     )
     return call
+
+
+def _admitted_state(ctx: JobContext, services: CallServices, catalog: Catalog) -> tuple[CallState, dict[str, Any]]:
+    """The grant verified again and admitted against the catalog as it is now, the variables seeded once: the
+    call's state, and the system variables every agent of the call renders with."""
+    settings = services.settings
+    # from here on every log record of this task and of the tasks it creates carries the call's ids
+    logcontext.bind(job_id=ctx.job.id)
+    claims = verify_dispatch_metadata(
+        ctx.job.metadata, secret=settings.signing_secret(), issuer=settings.dispatch_issuer
+    )
+    admission = admit(
+        claims, catalog, settings, **({"pipeline_check": llm_only_pipeline_check} if services.text_only else {})
+    )
+    call_fields = {"session_id": str(claims.session_id), "agent_id": str(admission.agent.id), "job_id": ctx.job.id}
+    logcontext.bind(**call_fields)
+    # livekit's own job log filter adds them to the job's records outside this task tree (shutdown sequence)
+    ctx.log_context_fields.update(call_fields)
+    system_values: dict[str, Any] = {
+        "session_id": str(claims.session_id),
+        "session_type": claims.session_type,
+        "agent_id": str(admission.agent.id),
+        "team_id": str(admission.team.id) if admission.team else None,
+        "end_user_id": claims.end_user_id,
+    }
+    variables = CallVariables.bootstrap(
+        admission.revision.context_variables,
+        defaults=admission.revision.variable_defaults,
+        seeds=admission.seeds,
+        system=system_values,
+    )
+    state = CallState(admission=admission, variables=variables, job_id=ctx.job.id, started_at=datetime.now(UTC))
+    return state, system_values
+
+
+def _first_agent(
+    state: CallState,
+    catalog: Catalog,
+    system_values: dict[str, Any],
+    router_models: RouterModels,
+    platform_tools: CallTools,
+) -> CallAgent:
+    """The agent the session starts with: the revision's own, supervised, or a team's initial member."""
+    admission = state.admission
+    framing = AgentFraming.for_pipeline(admission.pipeline, catalog.personas)
+    if admission.team is not None:
+        team_call = TeamCall(
+            team=admission.team,
+            agents=catalog.agents,
+            system_values=system_values,
+            on_end=state.end,
+            router_models=router_models,
+            supervision=state.supervision,
+            initial_variables=state.variables,
+            platform_tools=platform_tools,
+            framing=framing,
+        )
+        return team_call.initial_agent()
+    revision = admission.revision
+    supervisor = Supervisor.for_revision(
+        revision,
+        router_model=router_models(revision.router_model_settings),
+        record=state.supervision,
+        agent_id=admission.agent.id,
+    )
+    return CallAgent(
+        revision=revision,
+        variables=state.variables,
+        on_end=state.end,
+        supervisor=supervisor,
+        platform_tools=platform_tools,
+        framing=framing,
+    )
 
 
 def _observe_turn(event: ConversationItemAddedEvent) -> None:
