@@ -10,7 +10,11 @@ client of the room (the door's call page, the Agents Playground, a platform page
 - `voice_worker.procedure`: `{"name", "reason", "router_latency_ms"}`: the supervisor's turn-1 choice (`name` null:
   the revision's own behaviour; `reason` one of procedures/supervisor.py's DecisionReason values);
 - `voice_worker.turns`: `[{"turn", "end_of_speech_to_first_audio_ms", "llm_ttft_ms", "tts_ttfb_ms"}, ...]`: the
-  last `MAX_TURNS` turns, turn 0 being the greeting (milliseconds; null where livekit measured nothing).
+  last `MAX_TURNS` turns, turn 0 being the greeting (milliseconds; null where livekit measured nothing);
+- `voice_worker.simulation`, on `session_type: simulation` calls only: `{"tool_calls": [{"name", "arguments"}, ...],
+  "variables": {...}}`, what the session record does not keep (every tool call with its arguments, built-in ones
+  too, and the call's variables) for `voice-worker simulate --mode voice` to check. Only a holder of the grant's
+  signing secret can start such a call (the door mints test calls), so no live or test caller ever sees it.
 
 Nothing secret goes in: the context variables are the ones the caller's own token carries, and the figures are
 the session record's own (calls/history.py, from the same chat history). Updates follow
@@ -25,9 +29,10 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
-from livekit.agents.voice.events import ConversationItemAddedEvent
+from livekit.agents import llm
 
 from calls.history import turn_metrics_from_history
+from contract.session_type import SessionType
 
 if TYPE_CHECKING:
     from calls.call import Call
@@ -38,8 +43,10 @@ PREFIX = "voice_worker."
 CALL = PREFIX + "call"
 PROCEDURE = PREFIX + "procedure"
 TURNS = PREFIX + "turns"
-# Attributes travel in every participant update to every client of the room: keep the turn list short.
+SIMULATION = PREFIX + "simulation"
+# Attributes travel in every participant update to every client of the room: keep the lists short.
 MAX_TURNS = 20
+MAX_TOOL_CALLS = 50
 
 
 class LocalParticipant(Protocol):
@@ -98,6 +105,26 @@ def turns_attribute(call: Call) -> str | None:
     )
 
 
+def simulation_attribute(call: Call) -> str | None:
+    """Tool calls (name and arguments, never outputs: a response may carry what a secret opened) and variables,
+    on simulated calls only."""
+    if call.admission.claims.session_type != SessionType.SIMULATION:
+        return None
+    tool_calls = [
+        {"name": item.name, "arguments": _arguments(item.arguments)}
+        for item in call.session.history.items
+        if isinstance(item, llm.FunctionCall)
+    ]
+    return _json({"tool_calls": tool_calls[-MAX_TOOL_CALLS:], "variables": call.variables.values})
+
+
+def _arguments(raw: str) -> Any:
+    try:
+        return json.loads(raw or "{}")
+    except json.JSONDecodeError:
+        return raw
+
+
 class CallStatus:
     """Keeps the agent participant's `voice_worker.*` attributes in step with `call`."""
 
@@ -110,9 +137,11 @@ class CallStatus:
 
     def start(self) -> None:
         self._call.session.on("conversation_item_added", self._on_item)
+        # a tool's run changes the simulation attribute before (or without) the next message
+        self._call.session.on("function_tools_executed", self._on_item)
         self._schedule()
 
-    def _on_item(self, _event: ConversationItemAddedEvent) -> None:
+    def _on_item(self, _event: object) -> None:
         if not self._call.closed:
             self._schedule()
 
@@ -121,7 +150,11 @@ class CallStatus:
 
     def current(self) -> dict[str, str]:
         wanted = {CALL: call_attribute(self._call)}
-        for key, value in ((PROCEDURE, procedure_attribute(self._call)), (TURNS, turns_attribute(self._call))):
+        for key, value in (
+            (PROCEDURE, procedure_attribute(self._call)),
+            (TURNS, turns_attribute(self._call)),
+            (SIMULATION, simulation_attribute(self._call)),
+        ):
             if value is not None:
                 wanted[key] = value
         return wanted

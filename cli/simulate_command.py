@@ -25,7 +25,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "call through LiveKit); exit 0 only when every expectation holds",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="scenario files, or directories searched for them")
-    p.add_argument("--mode", choices=["text"], default="text")
+    p.add_argument(
+        "--mode",
+        choices=["text", "voice"],
+        default="text",
+        help="text (default): the real session without a room or audio; voice: a real call through LiveKit "
+        "(LIVEKIT_URL) to the worker registered as AGENT_NAME, read back from the session records (DATABASE_URL)",
+    )
     p.add_argument("--parallel", type=int, default=1, metavar="N", help="scenarios run at once (default 1)")
     p.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML here")
     p.add_argument("--report", type=Path, metavar="FILE.html", help="write the HTML report here")
@@ -44,7 +50,8 @@ def simulate(args: argparse.Namespace) -> int:
     if args.parallel < 1:
         print("voice-worker: --parallel must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    files, problems = load_scenarios([Path(p) for p in args.paths], load_catalog(settings.catalog_path))
+    catalog = load_catalog(settings.catalog_path)
+    files, problems = load_scenarios([Path(p) for p in args.paths], catalog)
     for problem in problems:
         print(f"voice-worker: scenario problem: {problem}", file=sys.stderr)
     if problems:
@@ -52,9 +59,15 @@ def simulate(args: argparse.Namespace) -> int:
     if not files:
         print(f"voice-worker: no scenario files (kind: scenario) in {' '.join(args.paths)}", file=sys.stderr)
         return EXIT_USAGE
-    from simulations.text_mode import TextRunner
+    runner: Runner
+    if args.mode == "voice":
+        from simulations.voice_mode import VoiceRunner
 
-    runner: Runner = TextRunner.from_settings(settings, provider_models(settings))
+        runner = VoiceRunner.from_settings(settings, catalog, provider_models(settings))
+    else:
+        from simulations.text_mode import TextRunner
+
+        runner = TextRunner.from_settings(settings, provider_models(settings))
     results = asyncio.run(_run(files, runner, args.parallel, sys.stderr))
     return report(results, out=sys.stdout, junit=args.junit, html=args.report)
 

@@ -18,9 +18,13 @@ def evaluate(expect: Expectations, observed: Observed) -> list[Check]:
     for name, matcher in expect.variables.items():
         given = name in observed.variables and observed.variables[name] is not None
         value = observed.variables.get(name)
+        expectation = f"variable {name} {matcher.describe()}"
+        if "variables" in observed.unobservable:
+            checks.append(_unobservable(expectation, observed.unobservable["variables"]))
+            continue
         checks.append(
             Check(
-                expectation=f"variable {name} {matcher.describe()}",
+                expectation=expectation,
                 passed=matcher.matches(value, given=given),
                 detail=f"recorded {value!r}" if given else "not recorded",
             )
@@ -80,10 +84,19 @@ def _procedure(wanted: str, observed: Observed) -> Check:
     return Check(expectation=f"procedure {wanted}", passed=chose == wanted, detail=f"the call chose {chose}{why}")
 
 
+def _unobservable(expectation: str, why: str) -> Check:
+    """An expectation this run cannot see never passes: it fails and says why."""
+    return Check(expectation=expectation, passed=False, detail=f"not checkable in this run: {why}")
+
+
 def _tool(expected: ToolExpectation, observed: Observed) -> Check:
     calls = [c for c in observed.tool_calls if c.name == expected.name]
     args = ", ".join(f"{k} {m.describe()}" for k, m in expected.arguments.items())
     label = f"{expected.name}({args})" if args else expected.name
+    if "tools" in observed.unobservable:
+        return _unobservable(
+            f"tool {label} {'called' if expected.called else 'not called'}", observed.unobservable["tools"]
+        )
     if expected.arguments and not observed.tool_arguments_seen:
         matching = calls
         caveat = " (arguments not observable in this mode: name only)"

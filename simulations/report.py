@@ -134,6 +134,13 @@ def _scenario(result: ScenarioResult) -> str:
     for line in observed.transcript:
         who = "caller" if line.role == "user" else "agent"
         out.append(f'<div class="line"><span class="who">{who}</span>{escape(line.text)}</div>')
+    if observed.heard:
+        out.append("<h3>As the caller heard it</h3>")
+        for line in observed.heard:
+            who = "caller" if line.role == "user" else "agent"
+            out.append(f'<div class="line"><span class="who">{who}</span>{escape(line.text)}</div>')
+    for what, why in observed.unobservable.items():
+        out.append(f'<p class="fail">Not observable: {escape(what)}: {escape(why)}</p>')
     if observed.tool_calls:
         out.append("<h3>Tool calls</h3><table><tr><th>tool</th><th>arguments</th><th>output</th></tr>")
         for call in observed.tool_calls:

@@ -44,13 +44,17 @@ class Observed(_Model):
     procedure: str | None = None
     procedure_reason: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)
-    # tool arguments were seen (text mode); voice mode sees tool names only (the session record keeps no arguments)
+    # tool arguments were seen (text mode, and voice mode through the agent's `voice_worker.simulation` attribute)
     tool_arguments_seen: bool = True
     variables: dict[str, Any] = Field(default_factory=dict)
     handoffs: list[str] = Field(default_factory=list)
     end_reason: str | None = None
     caller_turns: int = 0
     latencies: list[TurnLatency] = Field(default_factory=list)
+    # voice mode: the call as the caller's STT heard it (the transcript above is the session record's)
+    heard: list[Line] = Field(default_factory=list)
+    # what this run could not observe ("tools", "variables") and why: their expectations fail with that reason
+    unobservable: dict[str, str] = Field(default_factory=dict)
 
 
 class Check(_Model):
