@@ -12,7 +12,8 @@ else the config offers no key and the page asks the person for theirs (kept in t
 The config also says, per agent and team, what would make the worker refuse the call before it starts: a
 provider without its API key (by the variable to set) or another pipeline problem, as `voice-worker check`
 reports them with this process's settings. The door and the worker of `voice-worker dev` share one
-environment; a production door may be configured differently from the workers, so there it is advice.
+environment; a production door may be configured differently from the workers, so there it is advice. And
+whether the pipeline takes keypad digits (`dtmf_enabled`): the page then shows a keypad during the call.
 """
 
 from __future__ import annotations
@@ -88,6 +89,21 @@ def readiness(pipeline: VoicePipelineConfig, settings: DoorSettings) -> dict[str
     return {"missing_keys": missing, "problems": other}
 
 
+def keypad(pipeline: VoicePipelineConfig) -> dict[str, Any]:
+    """Whether the page offers its keypad during a call on `pipeline`, and how the worker groups the keys into one
+    entry (pipelines/dtmf.py), so the page shows each entry as the agent gets it."""
+    if not pipeline.dtmf_enabled:
+        return {"dtmf_enabled": False, "dtmf_entry": None}
+    return {
+        "dtmf_enabled": True,
+        "dtmf_entry": {
+            "termination_digit": pipeline.dtmf_termination_digit,
+            "max_digits": pipeline.dtmf_max_digits,
+            "inter_digit_timeout_ms": pipeline.dtmf_inter_digit_timeout_ms,
+        },
+    }
+
+
 def page_config(catalog: Catalog, settings: DoorSettings) -> dict[str, Any]:
     agents = []
     for agent in sorted(catalog.agents.values(), key=lambda a: a.name.lower()):
@@ -105,6 +121,7 @@ def page_config(catalog: Catalog, settings: DoorSettings) -> dict[str, Any]:
                     if spec.source != "system"
                 ],
                 **readiness(revision.pipeline, settings),
+                **keypad(revision.pipeline),
             }
         )
     teams = []
@@ -117,6 +134,7 @@ def page_config(catalog: Catalog, settings: DoorSettings) -> dict[str, Any]:
                 "enabled": team.enabled and greeter is not None and greeter.enabled,
                 "members": [m.router_name for m in team.members if m.enabled],
                 **readiness(team.pipeline, settings),
+                **keypad(team.pipeline),
             }
         )
     dev_key = settings.is_dev and settings.door_api_keys_file is None

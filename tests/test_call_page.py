@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -77,6 +78,29 @@ async def test_production_config_offers_no_key_and_the_typed_variables(staff_doo
     assert variables["wants_callback"]["type"] == "bool"
     assert [t["name"] for t in config["teams"]] == ["Acme Front Desk"]
     assert "secret" not in json.dumps(config).lower()
+
+
+async def test_the_config_offers_the_keypad_where_the_pipeline_takes_digits(staff_door: httpx.AsyncClient) -> None:
+    config = (await staff_door.get(call_page.CONFIG_PATH)).json()
+    keypads = {t["name"]: (t["dtmf_enabled"], t["dtmf_entry"]) for t in config["agents"] + config["teams"]}
+    # support takes order numbers on the keypad (10 digits, or ended by #); the others take no digits
+    assert keypads == {
+        "Acme Support": (True, {"termination_digit": "#", "max_digits": 10, "inter_digit_timeout_ms": 3000}),
+        "Acme Sales": (False, None),
+        "Acme Front Desk": (False, None),
+    }
+    catalog = load_catalog(EXAMPLE_CATALOG)
+    pipeline = catalog.agents[SUPPORT].active_revision.pipeline.model_copy(
+        update={"dtmf_termination_digit": "", "dtmf_max_digits": 4, "dtmf_inter_digit_timeout_ms": 800}
+    )
+    assert call_page.keypad(pipeline)["dtmf_entry"] == {
+        "termination_digit": "",
+        "max_digits": 4,
+        "inter_digit_timeout_ms": 800,
+    }
+    page = (await staff_door.get("/")).text
+    # a phone's twelve keys, in a phone's order
+    assert re.findall(r'data-digit="(.)"', page) == list("123456789*0#")
 
 
 async def test_dev_config_hands_over_the_public_dev_key_only_without_a_keys_file(tmp_path: Path) -> None:

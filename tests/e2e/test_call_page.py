@@ -9,6 +9,7 @@ page); `voice-worker dev`'s own door and page are covered by tests/e2e/test_dev_
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -131,6 +132,71 @@ def test_a_call_from_the_page(
     assert record.procedure is not None and record.procedure.name == "refund_request"
     assert record.end_reason is not None and record.end_reason.value == "participant_left"
     assert record.context_variables and record.context_variables.get("customer_name") == name
+
+
+def test_keys_pressed_on_the_page_reach_the_agent_as_one_turn(
+    chromium_ready: None,
+    worker: WorkerProcess,
+    world: WorkerEnv,
+    staff_door: DoorProcess,
+    doubles: ProviderDoubles,
+    tmp_path: Path,
+) -> None:
+    # the example support agent takes keypad digits (dtmf_enabled, up to 10, ended by #); the caller says nothing
+    microphone = browser.fake_microphone(tmp_path / "silent.wav", np.zeros(0, np.int16), lead_s=1, tail_s=45)
+    name = "Kim" + uuid.uuid4().hex[:6]
+    with browser.chromium_page(tmp_path, microphone) as page:
+        _open(page, staff_door, api_key=staff_door.api_key)
+        page.select_option("#target", f"agent:{SUPPORT_AGENT}")
+        page.fill("#var-customer_name", name)
+        with page.expect_response(lambda r: r.url.endswith("/v1/voice/web-call")) as minted_response:
+            page.click("#start")
+        minted = minted_response.value.json()
+
+        def until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+            browser.wait_until(page, predicate, timeout_s, what)
+
+        until(lambda: page.is_visible("#keypad"), 15, "the keypad of a connected call")
+        until(lambda: any(name in line for line in browser.transcript(page, "agent")), 20, "the greeting")
+        until(lambda: page.evaluate("document.getElementById('agent-level').value") < AUDIO_LEVEL, 15, "quiet")
+        asked_before = doubles.call(lambda: len(doubles.openai.chat_requests))
+
+        # a digit typed while the focus is elsewhere (Hang up has it) is no key press
+        page.focus("#hangup")
+        page.keyboard.press("9")
+        page.click('#keypad button[data-digit="4"]')
+        page.click('#keypad button[data-digit="7"]')
+        # the keyboard, with the keypad focused: digits and # as a person types them
+        page.focus("#keypad")
+        for key in ("1", "1", "#"):
+            page.keyboard.press(key)
+        entries = page.locator('#transcript li[data-kind="keypad"]')
+        assert entries.count() == 1
+        assert entries.locator(".text").inner_text() == "4711#"
+        # the # ended the entry, as it ends the worker's
+        assert entries.get_attribute("data-role") == "caller" and entries.get_attribute("data-final") == "true"
+
+        def keyed() -> list[str]:
+            """Every user message that carried keys, in every chat request since the keys were pressed."""
+            users = doubles.call(
+                lambda: [
+                    m for r in doubles.openai.chat_requests[asked_before:] for m in r.messages if m["role"] == "user"
+                ]
+            )
+            texts = [m["content"] if isinstance(m["content"], str) else json.dumps(m["content"]) for m in users]
+            return [t for t in texts if "Keypad" in t]
+
+        until(lambda: bool(keyed()), 10, "the keyed turn at the LLM")
+        until(lambda: any("five business days" in t for t in browser.transcript(page, "agent")), 20, "the answer")
+        # one turn: every request that carried keys carried the whole entry, never a part of it
+        assert set(keyed()) == {"Keypad input: 4711"}, keyed()
+        page.click("#hangup")
+        until(lambda: page.get_attribute("#state", "data-state") == "disconnected", 10, "the call to end")
+        assert page.is_hidden("#keypad")
+
+    record = asyncio.run(wait_for_record(world.database_url, minted["session_id"]))
+    keyed_turns = [item.text for item in record.transcript if item.role == "user"]
+    assert keyed_turns == ["Keypad input: 4711"], keyed_turns
 
 
 def test_the_door_refusal_is_shown_in_its_words(

@@ -17,6 +17,9 @@ const KEY_STORAGE = 'voice-worker-door-api-key';
 // How long after joining the page waits for the agent before it says where to look.
 const AGENT_JOIN_TIMEOUT_MS = 15000;
 const METER_INTERVAL_MS = 50;
+// The standard DTMF event codes (RFC 4733) livekit's SipDTMF packet carries beside the digit itself.
+const DTMF_CODES = new Map([...'0123456789'].map((d) => [d, Number(d)]).concat([['*', 10], ['#', 11]]));
+const KEY_FLASH_MS = 150;
 
 const $ = (id) => document.getElementById(id);
 
@@ -30,6 +33,13 @@ const page = {
   segments: new Map(),
   minted: null,
   agentMissing: false,
+  // the call's keypad (null: its pipeline takes no digits) and the entry being keyed, grouped as the worker does
+  keypad: null,
+  keyEntry: null,
+  keyEntries: 0,
+  keyTimer: null,
+  // each key is sent after the one before it: the agent must get them in the order they were pressed
+  dtmfSent: Promise.resolve(),
 };
 
 const STATE_LABELS = {
@@ -234,6 +244,7 @@ async function startCall(event) {
 }
 
 async function placeCall(target, apiKey) {
+  page.keypad = target.dtmf_enabled ? target.dtmf_entry : null;
   // The microphone first: a person without one learns it before a session is minted for nothing.
   setState('preparing');
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
@@ -305,7 +316,10 @@ async function placeCall(target, apiKey) {
 
 function wireRoom(room) {
   room
-    .on(RoomEvent.ConnectionStateChanged, (state) => setState(state))
+    .on(RoomEvent.ConnectionStateChanged, (state) => {
+      setState(state);
+      renderKeypad();
+    })
     .on(RoomEvent.ParticipantConnected, onParticipant)
     .on(RoomEvent.ParticipantAttributesChanged, (_changed, participant) => onParticipant(participant))
     .on(RoomEvent.TrackSubscribed, (track, _publication, participant) => {
@@ -340,7 +354,7 @@ async function readTranscript(room, reader, participantInfo) {
   const attributes = reader.info.attributes || {};
   const segment = attributes['lk.segment_id'] || reader.info.id;
   const role = participantInfo.identity === room.localParticipant.identity ? 'caller' : 'agent';
-  const item = transcriptItem(segment, role);
+  const item = transcriptItem(segment, role, role === 'caller' ? 'You' : 'Agent');
   // Each stream carries the segment's whole text (the caller's interim and final transcripts are one stream
   // each; the agent's speech is one stream of deltas), so the latest stream's text is the segment's text.
   let text = '';
@@ -354,13 +368,13 @@ async function readTranscript(room, reader, participantInfo) {
   list.scrollTop = list.scrollHeight;
 }
 
-function transcriptItem(segment, role) {
+function transcriptItem(segment, role, who) {
   let item = page.segments.get(segment);
   if (!item) {
     const node = el('li');
     node.dataset.role = role;
     node.dataset.final = 'false';
-    node.append(el('span', { className: 'who' }, role === 'caller' ? 'You' : 'Agent'));
+    node.append(el('span', { className: 'who' }, who));
     const text = el('span', { className: 'text' });
     node.append(text);
     $('transcript').append(node);
@@ -456,6 +470,64 @@ function stopMeters() {
   page.meters.clear();
 }
 
+// --- the keypad ----------------------------------------------------------------------------------------------
+
+function renderKeypad() {
+  const room = page.room;
+  $('keypad-panel').hidden = !(page.keypad && room && room.state === ConnectionState.Connected);
+}
+
+function pressKey(digit) {
+  const room = page.room;
+  if (!page.keypad || !room || room.state !== ConnectionState.Connected || !DTMF_CODES.has(digit)) return;
+  const button = $('keypad').querySelector(`button[data-digit="${digit}"]`);
+  button.dataset.active = 'true';
+  setTimeout(() => delete button.dataset.active, KEY_FLASH_MS);
+  page.dtmfSent = page.dtmfSent
+    .then(() => room.localParticipant.publishDtmf(DTMF_CODES.get(digit), digit))
+    .catch((error) => showError(`The key ${digit} did not reach the call (${error.message || error}).`));
+  showKey(digit);
+}
+
+// The worker (pipelines/dtmf.py) makes one user turn of the keys up to the termination digit, the maximum count,
+// or a pause of the inter-digit timeout; the page shows the same entry as one line, final when the turn is sent.
+function showKey(digit) {
+  const rules = page.keypad;
+  if (!page.keyEntry) {
+    page.keyEntries += 1;
+    page.keyEntry = transcriptItem(`keypad-${page.keyEntries}`, 'caller', 'You · keypad');
+    page.keyEntry.node.dataset.kind = 'keypad';
+    page.keyEntry.count = 0;
+  }
+  const entry = page.keyEntry;
+  entry.text.textContent += digit;
+  const terminated = Boolean(rules.termination_digit) && digit === rules.termination_digit;
+  if (!terminated) entry.count += 1;
+  clearTimeout(page.keyTimer);
+  if (terminated || entry.count >= rules.max_digits) endKeyEntry();
+  else page.keyTimer = setTimeout(endKeyEntry, rules.inter_digit_timeout_ms);
+  const list = $('transcript');
+  list.scrollTop = list.scrollHeight;
+}
+
+function endKeyEntry() {
+  clearTimeout(page.keyTimer);
+  page.keyTimer = null;
+  if (page.keyEntry) page.keyEntry.node.dataset.final = 'true';
+  page.keyEntry = null;
+}
+
+function onKeypadKey(event) {
+  if (event.ctrlKey || event.metaKey || event.altKey || !DTMF_CODES.has(event.key)) return;
+  event.preventDefault();
+  pressKey(event.key);
+}
+
+function onKeypadClick(event) {
+  const button = event.target.closest('button[data-digit]');
+  if (button) pressKey(button.dataset.digit);
+}
+
 // --- call controls -------------------------------------------------------------------------------------------
 
 function showCall(minted) {
@@ -466,6 +538,7 @@ function showCall(minted) {
   $('hangup').hidden = false;
   $('new-call').hidden = true;
   $('session').textContent = `Session ${minted.session_id} · room ${minted.room_name}`;
+  renderKeypad();
   $('hangup').focus();
 }
 
@@ -491,6 +564,10 @@ function endCall() {
   if (page.mic) page.mic.stop();
   page.mic = null;
   page.room = null;
+  // keys still being collected when the call ends never reach the agent: that entry stays unfinished
+  clearTimeout(page.keyTimer);
+  page.keyEntry = null;
+  renderKeypad();
   setState(ConnectionState.Disconnected);
   $('mute').hidden = true;
   $('hangup').hidden = true;
@@ -504,6 +581,7 @@ function endCall() {
 function newCall() {
   clearError();
   page.segments.clear();
+  page.keypad = null;
   $('transcript').replaceChildren();
   $('context').replaceChildren();
   $('procedure').textContent = 'Chosen on the caller\'s first turn.';
@@ -551,6 +629,8 @@ async function boot() {
   $('mute').addEventListener('click', toggleMute);
   $('hangup').addEventListener('click', hangUp);
   $('new-call').addEventListener('click', newCall);
+  $('keypad').addEventListener('click', onKeypadClick);
+  $('keypad').addEventListener('keydown', onKeypadKey);
   $('play-audio').addEventListener('click', () => {
     if (page.room) page.room.startAudio().then(() => { $('play-audio').hidden = true; }).catch(() => {});
   });
