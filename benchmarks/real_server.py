@@ -66,6 +66,7 @@ import yaml
 from aiohttp import web
 
 from benchmarks.simulator import percentile
+from contract.session_type import SessionType
 from tests.doubles.deepgram_server import DeepgramServerDouble, ListenSession, Utterance, _ListenConnection
 from tests.doubles.openai_server import Reply
 from tests.e2e.brain import Brain
@@ -537,15 +538,15 @@ async def _mint_all(spec: CallerSpec) -> list[tuple[str, str, str | None]]:
         from door.core import CallTarget, WebCallService
         from door.keys import ApiKey, KeyScopes
         from door.sessions import default_session_creator
-        from worker.settings import load_settings
+        from door.settings import load_door_settings
 
-        settings = load_settings()
+        settings = load_door_settings()
         operator = ApiKey(name="real-server-bench", sha256="0" * 64, scopes=KeyScopes(agents=("*",), teams=("*",)))
         service = WebCallService(settings, CatalogStore(settings.catalog_path), default_session_creator(settings))
         tokens: list[tuple[str, str, str | None]] = []
         for _ in spec.indices:
             minted = await service.start_call(
-                operator, CallTarget(kind="agent", id=uuid.UUID(SALES_AGENT)), None, session_type="live"
+                operator, CallTarget(kind="agent", id=uuid.UUID(SALES_AGENT)), None, session_type=SessionType.LIVE
             )
             response = minted.as_web_call_response()
             tokens.append((response["livekit_url"], response["access_token"], response["session_id"]))
