@@ -74,8 +74,8 @@ def readiness(pipeline: VoicePipelineConfig, settings: DoorSettings) -> dict[str
     """What stops a call on `pipeline` before it starts: API key variables to set, and other problems."""
     missing: list[str] = []
     other: list[str] = []
-    # Imported here: the provider registry brings livekit-agents and its plugins, which a door without the call page
-    # (production's default) never needs to load.
+    # Imported here: the provider registry brings livekit-agents and its plugins (seconds of imports), which a door
+    # without the call page (production's default) never needs; `install` loads them once at start instead.
     from pipelines.providers import PROVIDERS
     from pipelines.validate import pipeline_problems
 
@@ -151,6 +151,8 @@ def install(app: FastAPI, settings: DoorSettings, catalog_store: CatalogStore) -
     """Add the page's routes to the door when `enabled(settings)`; otherwise add nothing (404 as before)."""
     if not enabled(settings):
         return
+    # the registry's imports at start, not inside the page's first request (see `readiness`)
+    import pipelines.validate  # noqa: F401 - loaded for its side effect: the modules are in sys.modules
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
