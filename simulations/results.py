@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from simulations.scenario import ScenarioFile
+
 Verdict = Literal["pass", "fail", "maybe", "error"]
 
 
@@ -106,6 +108,18 @@ class ScenarioResult(_Model):
     judges: list[JudgeResult] = Field(default_factory=list)
     # the scenario could not run to its end (refused dispatch, provider failure, timeout): it fails with this
     error: str | None = None
+
+    @classmethod
+    def begin(cls, file: ScenarioFile, mode: Literal["text", "voice"]) -> ScenarioResult:
+        """The empty result of a scenario about to run in `mode`."""
+        scenario = file.scenario
+        return cls(
+            scenario=scenario.name,
+            file=str(file.path),
+            mode=mode,
+            target=f"agent {scenario.agent_id}" if scenario.agent_id else f"team {scenario.team_id}",
+            latency_budget_ms=scenario.expect.latency_budget_ms,
+        )
 
     @property
     def passed(self) -> bool:

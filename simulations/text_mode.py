@@ -69,13 +69,7 @@ class TextRunner:
     async def run(self, file: ScenarioFile) -> ScenarioResult:
         scenario = file.scenario
         started = time.perf_counter()
-        result = ScenarioResult(
-            scenario=scenario.name,
-            file=str(file.path),
-            mode="text",
-            target=_target(scenario),
-            latency_budget_ms=scenario.expect.latency_budget_ms,
-        )
+        result = ScenarioResult.begin(file, "text")
         try:
             await self._run(scenario, result)
         except DispatchRejected as exc:
@@ -165,10 +159,6 @@ class TextRunner:
             if caller_model is not None:
                 await caller_model.aclose()
         return observed
-
-
-def _target(scenario: Scenario) -> str:
-    return f"agent {scenario.agent_id}" if scenario.agent_id else f"team {scenario.team_id}"
 
 
 def _assistant(item: object) -> bool:

@@ -78,13 +78,7 @@ class VoiceRunner:
     async def run(self, file: ScenarioFile) -> ScenarioResult:
         scenario = file.scenario
         started = time.perf_counter()
-        result = ScenarioResult(
-            scenario=scenario.name,
-            file=str(file.path),
-            mode="voice",
-            target=f"agent {scenario.agent_id}" if scenario.agent_id else f"team {scenario.team_id}",
-            latency_budget_ms=scenario.expect.latency_budget_ms,
-        )
+        result = ScenarioResult.begin(file, "voice")
         try:
             await self._run(scenario, result)
         except CallProblem as exc:
