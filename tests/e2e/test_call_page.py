@@ -175,6 +175,7 @@ def test_keys_pressed_on_the_page_reach_the_agent_as_one_turn(
         assert entries.locator(".text").inner_text() == "4711#"
         # the # ended the entry, as it ends the worker's
         assert entries.get_attribute("data-role") == "caller" and entries.get_attribute("data-final") == "true"
+        page.screenshot(path=str(tmp_path / "keypad.png"), full_page=True)
 
         def keyed() -> list[str]:
             """Every user message that carried keys, in every chat request since the keys were pressed."""

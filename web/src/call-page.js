@@ -482,7 +482,8 @@ function pressKey(digit) {
   if (!page.keypad || !room || room.state !== ConnectionState.Connected || !DTMF_CODES.has(digit)) return;
   const button = $('keypad').querySelector(`button[data-digit="${digit}"]`);
   button.dataset.active = 'true';
-  setTimeout(() => delete button.dataset.active, KEY_FLASH_MS);
+  clearTimeout(button.flash);
+  button.flash = setTimeout(() => delete button.dataset.active, KEY_FLASH_MS);
   page.dtmfSent = page.dtmfSent
     .then(() => room.localParticipant.publishDtmf(DTMF_CODES.get(digit), digit))
     .catch((error) => showError(`The key ${digit} did not reach the call (${error.message || error}).`));
