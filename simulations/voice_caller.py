@@ -21,7 +21,10 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 from livekit.agents import stt, tts
-from livekit.agents.types import ATTRIBUTE_AGENT_STATE
+
+# The agent participant's state attribute, part of LiveKit's client protocol (what livekit-client's agent hooks
+# read); livekit-agents does not export its constant.
+ATTRIBUTE_AGENT_STATE = "lk.agent.state"
 
 SAMPLE_RATE = 48_000
 FRAME_MS = 10
