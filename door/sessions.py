@@ -2,8 +2,8 @@
 
 The door needs one thing from storage: create the session row before the browser joins, so the worker and
 post-call processing find it. Any object with a `create_session(...)` method (sync or async) will do; the
-default writes to `DATABASE_URL`: on PostgreSQL one INSERT on the door's asyncio pool (`PostgresSessionWriter`),
-on SQLite `records.store.SessionStore` one writer at a time (`OneWriterAtATime`).
+default writes to `DATABASE_URL` one `INSERT … ON CONFLICT DO NOTHING` per call (`SessionWriter`): on PostgreSQL
+on the door's asyncio pool, on SQLite in a worker thread, one writer at a time (`OneWriterAtATime`).
 
 A mint returns only after its session row is committed, with PostgreSQL's `synchronous_commit` as the server has it
 (durable by default): a browser must never hold a token whose session a crash could forget. Rows are not batched
@@ -20,10 +20,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import anyio.to_thread
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 from contract.session_type import SessionType
-from door.postgres import AsyncPostgres, Connection, Statement, fetch_first, is_postgresql
+from door.database import Database, Statement, Steps
 from door.settings import DoorSettings
 from records.schema import sessions
 from records.store import SessionStore, check_same_session, created_session_values
@@ -71,18 +70,15 @@ def default_session_creator(settings: DoorSettings) -> SessionCreator:
     from records.migrate import upgrade
 
     upgrade(settings.database_url)
-    if is_postgresql(settings.database_url):
-        return PostgresSessionWriter(AsyncPostgres(settings.database_url))
-    if not settings.database_url.startswith("sqlite"):
-        store: SessionCreator = SessionStore.from_settings(settings)
-        return store
-    return OneWriterAtATime(
-        SessionStore(
-            settings.database_url,
-            retention_days=settings.memory_retention_days,
-            engine=_sqlite_engine_without_commit_fsync(settings.database_url),
-        )
-    )
+    if settings.database_url.startswith("sqlite"):
+        return OneWriterAtATime(SessionWriter(Database(_sqlite_engine_without_commit_fsync(settings.database_url))))
+    from records.engine import create_engine
+
+    engine = create_engine(settings.database_url)
+    if engine.dialect.name == "postgresql":
+        return SessionWriter(Database(engine))
+    store: SessionCreator = SessionStore.from_settings(settings)
+    return store
 
 
 def _sqlite_engine_without_commit_fsync(database_url: str) -> Any:
@@ -93,8 +89,6 @@ def _sqlite_engine_without_commit_fsync(database_url: str) -> Any:
     last rows, i.e. the records of test calls minted in the last moments. The worker's connections keep
     SQLite's default; a fleet that cannot accept this runs on PostgreSQL.
     """
-    import sqlalchemy as sa
-
     from records.engine import create_engine
 
     engine = create_engine(database_url)
@@ -147,25 +141,26 @@ class OneWriterAtATime:
             await closer()
 
 
-class PostgresSessionWriter:
-    """Session rows on PostgreSQL, one `INSERT … ON CONFLICT DO NOTHING` round trip each, on an asyncio pool.
+class SessionWriter:
+    """Session rows, one `INSERT … ON CONFLICT DO NOTHING` each (no read before, no record built after).
 
     The row is `records.store.SessionStore.create_session`'s (`created_session_values`), and so is the contract:
     creating a session again is a no-op with the same type, agent and team, else `SessionConflictError`.
     """
 
-    def __init__(self, pool: AsyncPostgres) -> None:
-        self._pool = pool
+    def __init__(self, database: Database) -> None:
+        self._database = database
         columns = list(_created_values(uuid.uuid4(), SessionType.TEST, agent_id=uuid.uuid4(), team_id=None, seeds=None))
+        # Parameters are not named after their columns: SQLAlchemy reserves those names in an INSERT's VALUES.
         self._insert = Statement(
-            postgresql.insert(sessions)
-            .values({column: sa.bindparam(column, type_=sessions.c[column].type) for column in columns})
+            database.insert(sessions)
+            .values({column: sa.bindparam(f"new_{column}", type_=sessions.c[column].type) for column in columns})
             .on_conflict_do_nothing(index_elements=[sessions.c.id])
             .returning(sessions.c.id)
         )
         self._existing = Statement(
             sa.select(sessions.c.session_type, sessions.c.agent_id, sessions.c.team_id).where(
-                sessions.c.id == sa.bindparam("id", type_=sessions.c.id.type)
+                sessions.c.id == sa.bindparam("session_id", type_=sessions.c.id.type)
             )
         )
 
@@ -178,18 +173,20 @@ class PostgresSessionWriter:
         context_variables: dict[str, Any] | None = None,
     ) -> None:
         values = _created_values(session_id, session_type, agent_id=agent_id, team_id=team_id, seeds=context_variables)
+        await self._database.run(lambda: self._create(values))
 
-        async def insert(connection: Connection) -> Any:
-            if await fetch_first(connection, self._insert, values) is not None:
-                return None
-            return await fetch_first(connection, self._existing, {"id": session_id})
-
-        existing = await self._pool.run(insert)
-        if existing is not None:
-            check_same_session(existing._asdict(), values)
+    def _create(self, values: dict[str, Any]) -> Steps[None]:
+        inserted = yield self._insert, {f"new_{column}": value for column, value in values.items()}
+        if inserted is not None:
+            return
+        existing = yield self._existing, {"session_id": values["id"]}
+        if existing is None:  # deleted between the two statements: the call has no row, so it must not go ahead
+            raise LookupError(f"session {values['id']} disappeared while it was being created")
+        owners = ("session_type", "agent_id", "team_id")
+        check_same_session({column: getattr(existing, column) for column in owners}, values)
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        await self._database.aclose()
 
 
 def _created_values(

@@ -13,10 +13,9 @@ database already holds, and its latency advantage is invisible next to the sessi
   A pending entry carries a lease: if its replica dies mid-request the key becomes usable again after
   `LEASE_S`. Refusals are not stored (the entry is deleted), as in the in-process store.
 
-Each operation is written once, as the statements it runs (`Steps`: a generator that yields a statement with its
-parameters and is sent back the statement's first row), and `_Database` runs it: on PostgreSQL on an asyncio pool
-(door/postgres.py: no worker thread, one round trip per statement; the idempotency claim in one transaction), on
-SQLite in a worker thread as one transaction of the SQLAlchemy engine. The rate limiter's PostgreSQL connections
+Each operation is written once, as the statements it runs, and door/database.py runs it: on PostgreSQL on an asyncio
+pool (no worker thread, one round trip per statement; the idempotency claim in one transaction), on SQLite in a
+worker thread as one transaction of the SQLAlchemy engine. The rate limiter's PostgreSQL connections
 commit without waiting for the WAL to reach the disk (`synchronous_commit=off`, per connection): a database crash
 can forget the tokens spent in its last fraction of a second, which only gives keys those requests back, and each
 request saves a disk flush. Idempotency entries stay durable: a forgotten one would let a retry mint a second call.
@@ -31,17 +30,14 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Generator
-from typing import Any, Literal, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Literal
 
-import anyio.to_thread
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
+from door.database import Database, Statement, Steps
 from door.idempotency import IdempotencyConflict, StoredResponse
-from door.postgres import AsyncPostgres, Statement, fetch_first
-from door.postgres import Connection as PostgresConnection
 from records.schema import door_idempotency, door_rate_buckets
 
 # A pending entry older than this belongs to a replica that died mid-request; minting takes milliseconds.
@@ -56,11 +52,6 @@ PURGE_EVERY_S = 60.0
 idempotency_entries = door_idempotency
 rate_buckets = door_rate_buckets
 
-T = TypeVar("T")
-# A statement and its parameters; the generator is sent the statement's first row (None when it returned none).
-Step = tuple[Statement, dict[str, Any]]
-Steps = Generator[Step, Any, T]
-
 
 def shared_engine(database_url: str) -> Engine:
     """The records database with its schema current (this module's tables come with the records migrations)."""
@@ -72,82 +63,24 @@ def shared_engine(database_url: str) -> Engine:
     return create_engine(database_url)
 
 
-def _insert(engine: Engine, table: sa.Table) -> Any:
-    return postgresql.insert(table) if engine.dialect.name == "postgresql" else sqlite.insert(table)
-
-
-class _Database:
-    """Runs `Steps` against the engine's database: on PostgreSQL on an asyncio pool, else in a worker thread."""
-
-    def __init__(self, engine: Engine, *, postgres_options: str | None = None) -> None:
-        self.engine = engine
-        self._pool: AsyncPostgres | None = None
-        if engine.dialect.name == "postgresql":
-            url = engine.url.render_as_string(hide_password=False)
-            self._pool = AsyncPostgres(url, options=postgres_options)
-
-    def run_sync(self, steps: Steps[T]) -> T:
-        with self.engine.begin() as conn:
-            return _drive_sync(conn, steps)
-
-    async def run(self, make_steps: Callable[[], Steps[T]], *, transaction: bool = False) -> T:
-        """The steps' result; `make_steps` is called again if the pool has to retry on a new connection."""
-        if self._pool is None:
-            return await anyio.to_thread.run_sync(lambda: self.run_sync(make_steps()))
-
-        async def operation(connection: PostgresConnection) -> T:
-            if not transaction:
-                return await _drive_async(connection, make_steps())
-            async with connection.transaction():
-                return await _drive_async(connection, make_steps())
-
-        return await self._pool.run(operation)
-
-    async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
-
-
-def _drive_sync(conn: Connection, steps: Steps[T]) -> T:
-    row = None
-    try:
-        while True:
-            statement, params = steps.send(row)
-            result = conn.execute(statement.clause, params)
-            row = result.first() if result.returns_rows else None
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]  # a generator's return value is typed Any here
-
-
-async def _drive_async(connection: PostgresConnection, steps: Steps[T]) -> T:
-    row = None
-    try:
-        while True:
-            statement, params = steps.send(row)
-            row = await fetch_first(connection, statement, params)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]  # a generator's return value is typed Any here
-
-
 class DatabaseRateLimiter:
     """The token bucket of door/ratelimit.py, one row per API key."""
 
     def __init__(self, engine: Engine, per_minute: int, *, clock: Callable[[], float] = time.time) -> None:
         if per_minute < 1:
             raise ValueError("per_minute must be at least 1")
-        self._database = _Database(engine, postgres_options="-c synchronous_commit=off")
+        self._database = Database(engine, postgres_options="-c synchronous_commit=off")
         self._capacity = float(per_minute)
         self._refill_per_s = per_minute / 60.0
         self._clock = clock
-        postgres = engine.dialect.name == "postgresql"
-        least = sa.func.least if postgres else sa.func.min
-        greatest = sa.func.greatest if postgres else sa.func.max
+        least = sa.func.least if self._database.postgresql else sa.func.min
+        greatest = sa.func.greatest if self._database.postgresql else sa.func.max
         b = rate_buckets.c
         now = sa.bindparam("now", type_=sa.Float)
         elapsed = greatest(sa.literal(0.0), now - b.updated)
         refilled = least(sa.literal(self._capacity), b.tokens + elapsed * self._refill_per_s)
         self._spend_token = Statement(
-            _insert(engine, rate_buckets)
+            self._database.insert(rate_buckets)
             .values(
                 name=sa.bindparam("bucket", type_=b.name.type), tokens=self._capacity - 1.0, updated=now, granted=True
             )
@@ -187,7 +120,7 @@ class DatabaseIdempotency:
     """The contract of door/idempotency.py's `IdempotencyStore.run`, across replicas."""
 
     def __init__(self, engine: Engine, ttl_s: float, *, clock: Callable[[], float] = time.time) -> None:
-        self._database = _Database(engine)
+        self._database = Database(engine)
         self._ttl_s = ttl_s
         self._clock = clock
         self._purged_at = 0.0
@@ -202,7 +135,7 @@ class DatabaseIdempotency:
         stale = sa.or_(e.expires_at <= now, sa.and_(e.status_code.is_(None), e.lease_until <= now))
         self._delete_stale = Statement(sa.delete(idempotency_entries).where(slot, stale))
         self._insert_pending = Statement(
-            _insert(engine, idempotency_entries)
+            self._database.insert(idempotency_entries)
             .values(
                 scope=sa.bindparam("slot_scope", type_=e.scope.type),
                 key=sa.bindparam("slot_key", type_=e.key.type),

@@ -1,35 +1,42 @@
-"""The door's per-request statements on PostgreSQL: an asyncio connection pool (psycopg's async driver).
+"""How the door runs its per-request statements: on PostgreSQL on an asyncio connection pool (psycopg's async
+driver), on SQLite in a worker thread on the records' SQLAlchemy engine.
 
-Why not the records' SQLAlchemy engine: it is synchronous, so each statement took a worker-thread hop, and under
-load those threads fought the event loop for the GIL. A rate-limit statement plus a session row cost the door
-~8 ms of CPU per call that way (a pool checkout with its pre-ping, BEGIN and COMMIT around each), against ~0.5 ms
-on this pool; SQLAlchemy's own asyncio engine measured ~2 ms. The statements are still SQLAlchemy Core on
-records/schema.py's tables, compiled once for psycopg (`Statement`).
+Each operation is written once, as the statements it runs (`Steps`: a generator that yields a statement with its
+parameters and is sent back the statement's first row, or None), and `Database.run` runs it on either.
 
-Connections are in autocommit mode: a single statement is its own transaction and costs one round trip (callers
-that need several in one transaction open it with `connection.transaction()`). psycopg prepares a statement
-server-side once a connection has run it a few times. There is no ping per checkout: a connection whose server
-went away (a restart, a failover) is found out when it is used; the operation then runs once more on a new
-connection and the other idle ones, likely dead too, are closed. So every operation given to `run` must be safe
-to repeat: the door's are (spending a rate-limit token twice only makes a client wait a little longer, a session
-insert is idempotent on its id, an idempotency claim finds its own entry).
+Why not the records' SQLAlchemy engine on PostgreSQL too: it is synchronous, so each statement took a worker-thread
+hop, and under load those threads fought the event loop for the GIL. A rate-limit statement plus a session row cost
+~8 ms of CPU that way (a pool checkout with its pre-ping, BEGIN and COMMIT around each; measured alone, without the
+HTTP side), against ~0.5 ms on this pool; SQLAlchemy's own asyncio engine measured ~2 ms. The statements are still
+SQLAlchemy Core on records/schema.py's tables, compiled once for psycopg (`Statement`). SQLite has no asyncio
+driver, and its writes are short: one thread hop per operation, the operation one transaction.
+
+PostgreSQL connections are in autocommit mode: a single statement is its own transaction and costs one round trip
+(`Database.run(..., transaction=True)` runs several in one). psycopg prepares a statement server-side once a
+connection has run it a few times. There is no ping per checkout: a connection whose server went away (a restart, a
+failover) is found out when it is used; the operation then runs once more on a new connection and the other idle
+ones, likely dead too, are closed. So every operation given to `run` must be safe to repeat: the door's are
+(spending a rate-limit token twice only makes a client wait a little longer, a session insert is idempotent on its
+id, an idempotency claim finds its own entry).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from functools import cached_property
 from typing import Any, NamedTuple, TypeVar
 
+import anyio.to_thread
 import psycopg
 import sqlalchemy as sa
 from psycopg import AsyncConnection
 from psycopg.conninfo import make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg.rows import namedtuple_row
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.sql.dml import UpdateBase
 
 T = TypeVar("T")
@@ -150,3 +157,63 @@ class AsyncPostgres:
         """Close the idle connections; those in use are closed when their operation ends."""
         self._closed = True
         await self._close_idle()
+
+
+# A statement and its parameters; the generator is sent the statement's first row (None when it returned none).
+Step = tuple[Statement, dict[str, Any]]
+Steps = Generator[Step, Any, T]
+
+
+class Database:
+    """Runs `Steps` against an engine's database: on PostgreSQL on an asyncio pool, else in a worker thread."""
+
+    def __init__(self, engine: Engine, *, postgres_options: str | None = None) -> None:
+        self.engine = engine
+        self.postgresql = engine.dialect.name == "postgresql"
+        self._pool: AsyncPostgres | None = None
+        if self.postgresql:
+            url = engine.url.render_as_string(hide_password=False)
+            self._pool = AsyncPostgres(url, options=postgres_options)
+
+    def insert(self, table: sa.Table) -> Any:
+        """The dialect's own INSERT (with its `on_conflict_do_*`)."""
+        return postgresql.insert(table) if self.postgresql else sqlite.insert(table)
+
+    def run_sync(self, steps: Steps[T]) -> T:
+        with self.engine.begin() as conn:
+            row = None
+            try:
+                while True:
+                    statement, params = steps.send(row)
+                    result = conn.execute(statement.clause, params)
+                    row = result.first() if result.returns_rows else None
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]  # a generator's return value is typed Any here
+
+    async def run(self, make_steps: Callable[[], Steps[T]], *, transaction: bool = False) -> T:
+        """The steps' result; `make_steps` is called again if the pool has to retry on a new connection."""
+        if self._pool is None:
+            return await anyio.to_thread.run_sync(lambda: self.run_sync(make_steps()))
+
+        async def operation(connection: Connection) -> T:
+            if not transaction:
+                return await _drive(connection, make_steps())
+            async with connection.transaction():
+                return await _drive(connection, make_steps())
+
+        return await self._pool.run(operation)
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+        await anyio.to_thread.run_sync(self.engine.dispose)
+
+
+async def _drive(connection: Connection, steps: Steps[T]) -> T:
+    row = None
+    try:
+        while True:
+            statement, params = steps.send(row)
+            row = await fetch_first(connection, statement, params)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]  # a generator's return value is typed Any here

@@ -1,8 +1,9 @@
-"""The door on PostgreSQL (door/postgres.py, door/sessions.py, door/shared_state.py), against a real server.
+"""How the door runs its statements (door/database.py, door/sessions.py, door/shared_state.py), against a real
+PostgreSQL and SQLite.
 
-What made it slow (issue #16, point 6): every statement ran in a worker thread on the synchronous engine (a pool
-checkout with its pre-ping, BEGIN, COMMIT), and the threads fought the event loop for the GIL: ~110 calls per second
-where SQLite served 200. A call now makes two statements on an asyncio pool and no thread hop.
+What made the door slow on PostgreSQL (issue #16, point 6): every statement ran in a worker thread on the synchronous
+engine (a pool checkout with its pre-ping, BEGIN, COMMIT), and the threads fought the event loop for the GIL: ~110
+calls per second where SQLite served 200. A call now makes two statements on an asyncio pool and no thread hop.
 """
 
 from __future__ import annotations
@@ -18,16 +19,20 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-import door.postgres
+import door.database
 from contract.session_type import SessionType
 from door.app import create_app
-from door.postgres import AsyncPostgres, Connection
-from door.sessions import PostgresSessionWriter, default_session_creator
+from door.database import AsyncPostgres, Connection
+from door.sessions import OneWriterAtATime, SessionWriter, default_session_creator
 from door.shared_state import DatabaseRateLimiter, shared_engine
-from records.migrate import upgrade
 from records.store import SessionConflictError, SessionStore
 from tests.doubles.door_world import FRONT_DESK_TEAM, SUPPORT_AGENT, feather_headers, make_settings
-from tests.doubles.postgres import PostgresServer, postgres_server, postgres_url  # noqa: F401 - pytest fixtures
+from tests.doubles.postgres import (  # noqa: F401 - pytest fixtures
+    PostgresServer,
+    database_url,
+    postgres_server,
+    postgres_url,
+)
 
 
 async def test_a_warm_door_makes_two_statements_per_call_and_no_thread_hop(
@@ -39,13 +44,13 @@ async def test_a_warm_door_makes_two_statements_per_call_and_no_thread_hop(
     app = create_app(settings)
     hops: list[Any] = []
     statements: list[str] = []
-    real_hop, real_fetch = anyio.to_thread.run_sync, door.postgres.fetch_first
+    real_hop, real_fetch = anyio.to_thread.run_sync, door.database.fetch_first
 
     async def counting_hop(func: Any, *args: Any, **kwargs: Any) -> Any:
         hops.append(func)
         return await real_hop(func, *args, **kwargs)
 
-    async def counting_fetch(connection: Connection, statement: door.postgres.Statement, params: Any) -> Any:
+    async def counting_fetch(connection: Connection, statement: door.database.Statement, params: Any) -> Any:
         statements.append(statement.sql.split()[0])
         return await real_fetch(connection, statement, params)
 
@@ -54,8 +59,7 @@ async def test_a_warm_door_makes_two_statements_per_call_and_no_thread_hop(
         assert (await client.post("/v1/voice/web-call", json=body, headers=feather_headers())).status_code == 200
         monkeypatch.setattr(anyio.to_thread, "run_sync", counting_hop)
         monkeypatch.setattr(asyncio, "to_thread", counting_hop)
-        for module in ("door.shared_state", "door.sessions"):
-            monkeypatch.setattr(f"{module}.fetch_first", counting_fetch)
+        monkeypatch.setattr(door.database, "fetch_first", counting_fetch)
         for _ in range(10):
             assert (await client.post("/v1/voice/web-call", json=body, headers=feather_headers())).status_code == 200
     assert hops == []
@@ -67,11 +71,12 @@ def _without_identity(record: Any) -> dict[str, Any]:
 
 
 async def test_the_door_writes_the_row_the_records_store_writes(
-    postgres_url: str,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+    database_url: str,  # noqa: F811 - the fixture imported above
 ) -> None:
-    upgrade(postgres_url)
-    store = SessionStore(postgres_url)
-    writer = PostgresSessionWriter(AsyncPostgres(postgres_url))
+    writer = default_session_creator(make_settings(tmp_path, DATABASE_URL=database_url))  # brings the schema current
+    assert isinstance(writer, OneWriterAtATime if database_url.startswith("sqlite") else SessionWriter)
+    store = SessionStore(database_url)
     seeds = {"customer_name": "Ada", "tier": 3, "nested": {"ok": True}}
     for kwargs in ({"agent_id": SUPPORT_AGENT, "context_variables": seeds}, {"team_id": FRONT_DESK_TEAM}):
         by_door, by_store = uuid.uuid4(), uuid.uuid4()
@@ -88,8 +93,8 @@ async def test_the_door_writes_the_row_the_records_store_writes(
     await store.aclose()
 
 
-def _terminate_other_connections(database_url: str) -> int:
-    engine = sa.create_engine(database_url)
+def _terminate_other_connections(url: str) -> int:
+    engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
             killed = conn.execute(
@@ -149,8 +154,10 @@ async def test_only_rate_limit_spends_skip_the_wal_flush(
     assert await limiter_pool.run(_synchronous_commit) == ("off", "client")
 
     writer = default_session_creator(make_settings(tmp_path, DATABASE_URL=postgres_url))
-    assert isinstance(writer, PostgresSessionWriter)
+    assert isinstance(writer, SessionWriter)
+    writer_pool = writer._database._pool
+    assert writer_pool is not None
     # The server's own setting (the test cluster turns it off for speed): session rows are never made less durable.
-    assert (await writer._pool.run(_synchronous_commit))[1] != "client"
+    assert (await writer_pool.run(_synchronous_commit))[1] != "client"
     await limiter.aclose()
     await writer.aclose()
