@@ -359,35 +359,129 @@ def _door_argv(code: Path | None, voice_worker: Path) -> list[str]:
     return [sys.executable, "-c", program, "door"]
 
 
+# -- the README block -----------------------------------------------------------------------------------------
+
+README = ROOT / "README.md"
+BEGIN = "<!-- door figures (`python -m benchmarks.door --readme`, from benchmarks/results/door.json) -->"
+END = "<!-- end of door figures -->"
+_LABELS = {
+    "ceiling": "ceiling (bare FastAPI, mint only)",
+    "door-sqlite": "door, SQLite",
+    "door-postgresql": "door, PostgreSQL, `DOOR_SHARED_STATE=database`",
+    "door-postgresql-durable": "door, PostgreSQL with fsync and synchronous_commit on, `DOOR_SHARED_STATE=database`",
+}
+
+
+def _label(target: str) -> str:
+    name, _, rev = target.partition("@")
+    return f"{_LABELS.get(name, name)}, before (`{rev}`)" if rev else _LABELS.get(name, name)
+
+
+def _goal_met(result: dict[str, Any]) -> bool:
+    return bool(result["p99_ms"] <= GOAL_P99_MS and result["errors"] == 0)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The README table and verdict from a run's report (the benchmark's JSON)."""
+    by_target: dict[str, dict[str, dict[str, Any]]] = {}
+    for result in report["results"]:
+        by_target.setdefault(result["target"], {})[result["load"].split(",")[0]] = result
+    rate = report["goal"].split(" at ")[1]
+    lines = [
+        f"| target | closed loop, {CONCURRENCY} in flight: req/s, p50 / p99 | open loop at {rate}: served req/s, "
+        "p50 / p99 | CPU per request in the closed loop: door (PostgreSQL) |",
+        "|---|---|---|---|",
+    ]
+    for target, loads in by_target.items():
+        closed, opened = loads["closed loop"], loads["open loop"]
+        postgres = closed.get("postgres_cpu_ms_per_request")
+        cpu = f"{closed['server_cpu_ms_per_request']} ms" + (f" ({postgres} ms)" if postgres is not None else "")
+        errors = f" ({opened['errors']} errors)" if opened["errors"] else ""
+        lines.append(
+            f"| {_label(target)} | {closed['requests_per_s']} req/s, {closed['p50_ms']} / {closed['p99_ms']} ms "
+            f"| {opened['requests_per_s']} req/s, {opened['p50_ms']} / {opened['p99_ms']} ms{errors} | {cpu} |"
+        )
+    machine = report["machine"]
+    verdicts = [
+        f"{'met' if _goal_met(loads['open loop']) else '**missed**'} on {_label(target)} "
+        f"(p99 {loads['open loop']['p99_ms']} ms)"
+        for target, loads in by_target.items()
+        if target != "ceiling"
+    ]
+    lines += [
+        "",
+        f"`{report['command']}` on {machine['logical_cores']} cores (Python {machine['python']}); load average "
+        f"{machine['load_average_at_start'][0]} at the start, {machine['load_average_at_end'][0]} at the end (other "
+        f"work on the machine shares its cores). Goal ({report['goal']}, no errors): " + "; ".join(verdicts) + ".",
+    ]
+    return "\n".join(lines)
+
+
+def readme_block(report: dict[str, Any]) -> str:
+    figures = {key: report[key] for key in ("command", "machine", "goal", "results")}
+    return "\n".join([BEGIN, f"<!-- {json.dumps(figures, sort_keys=True)} -->", "", render_markdown(figures), "", END])
+
+
+def readme_figures(text: str) -> tuple[dict[str, Any], str] | None:
+    """(the run embedded in the README block, the table and verdict the block shows), or None without a block."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < 0:
+        return None
+    lines = text[start:end].splitlines()
+    if len(lines) < 3:  # the markers without figures between them
+        return None
+    figures = json.loads(lines[1].removeprefix("<!-- ").removesuffix(" -->"))
+    return figures, "\n".join(lines[3:]).strip()
+
+
+def update_readme(source: Path) -> None:
+    report = json.loads(source.read_text())
+    text = README.read_text()
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < 0:
+        raise SystemExit("README.md has no door figures block to replace")
+    README.write_text(text[:start] + readme_block(report) + text[end + len(END) :])
+
+
+# -- main ---------------------------------------------------------------------------------------------------
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.door", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--targets", default="ceiling,door-sqlite,door-postgresql")
-    parser.add_argument("--postgres-url", help="an empty PostgreSQL database (default: a throwaway cluster)")
+    parser.add_argument("--targets", default="ceiling,door-sqlite,door-postgresql,door-postgresql-durable")
     parser.add_argument(
-        "--postgres-durable",
-        action="store_true",
-        help="the throwaway cluster with PostgreSQL's default durability (fsync, synchronous_commit), not the tests'",
+        "--postgres-url", help="an empty PostgreSQL database for door-postgresql (default: a throwaway cluster)"
     )
     parser.add_argument("--baseline", metavar="REV", help="also run each door target from this git revision, first")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/door.json"))
+    parser.add_argument(
+        "--readme", action="store_true", help="write the README's door figures from --json (a run's report) and exit"
+    )
     parser.add_argument("--serve-ceiling", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_ceiling:
         serve_ceiling(args.serve_ceiling)
         return 0
+    if args.readme:
+        update_readme(args.json)
+        return 0
 
     from tests.doubles.door_process import VOICE_WORKER, free_port
 
     command = "python -m benchmarks.door " + shlex.join(argv if argv is not None else sys.argv[1:])
+    load_at_start = [round(x, 1) for x in os.getloadavg()]
     print(f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}")
     # Other work on the machine shares its cores with the door and the client: the figures mean little without it.
-    print(f"Load average at start (1/5/15 min): {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"Load average at start (1/5/15 min): {' / '.join(f'{x:.1f}' for x in load_at_start)}")
     print(f"Command: {command.strip()}", flush=True)
     results: list[LoadResult] = []
-    postgres = _Postgres(args.postgres_url, durable=args.postgres_durable)
+    postgres = {
+        "door-postgresql": _Postgres(args.postgres_url, durable=False),
+        "door-postgresql-durable": _Postgres(None, durable=True),
+    }
     baseline = _checkout(args.baseline) if args.baseline else None
     runs: list[tuple[str, str, Path | None]] = []
     for target in args.targets.split(","):
@@ -408,34 +502,27 @@ def main(argv: list[str] | None = None) -> int:
             if target == "door-sqlite":
                 env, postgres_pid = _door_env(work, port, f"sqlite:///{work / 'door.db'}", "memory"), None
             else:
-                env, postgres_pid = _door_env(work, port, postgres.database(), "database"), postgres.pid
+                server = postgres[target]
+                env, postgres_pid = _door_env(work, port, server.database(), "database"), server.pid
             with _process(_door_argv(code, VOICE_WORKER), env, work, port, name) as (url, process):
                 results += _run_target(url, name, args, process.pid, postgres_pid)
     finally:
-        postgres.stop()
+        for server in postgres.values():
+            server.stop()
     report = {
         "command": command.strip(),
         "machine": {
             "logical_cores": os.cpu_count(),
             "python": platform.python_version(),
+            "load_average_at_start": load_at_start,
             "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
         },
         "goal": f"p99 <= {GOAL_P99_MS:g} ms at {args.rate:g} req/s",
-        "postgres": "--postgres-url"
-        if args.postgres_url
-        else (
-            "throwaway cluster, PostgreSQL's default durability"
-            if args.postgres_durable
-            else "the tests' cluster, fsync off"
-        ),
         "results": [asdict(r) for r in results],
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    for result in results:
-        if result.load.startswith("open") and result.target != "ceiling":
-            met = "met" if result.p99_ms <= GOAL_P99_MS and result.errors == 0 else "MISSED"
-            print(f"goal {report['goal']} on {result.target}: {met} (p99 {result.p99_ms} ms)")
+    print(render_markdown(report))
     return 0
 
 
