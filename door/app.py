@@ -72,13 +72,15 @@ def create_app(
     creator = session_creator if session_creator is not None else default_session_creator(settings)
     store = catalog_store if catalog_store is not None else CatalogStore(settings.catalog_path)
 
+    limiter, idempotency = _state(settings, clock)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        if owns_creator:
-            await _close(creator)
-
-    limiter, idempotency = _state(settings, clock)
+        # the database-backed state holds connection pools; the in-memory one has nothing to close
+        for owned in (limiter, idempotency, creator if owns_creator else None):
+            if owned is not None:
+                await _close(owned)
 
     app = FastAPI(title=TITLE, version=VERSION, description=DESCRIPTION, lifespan=lifespan)
     app.state.door = DoorContext(
@@ -138,8 +140,8 @@ def _state(settings: DoorSettings, clock: Callable[[], float]) -> tuple[Limiter,
     )
 
 
-async def _close(creator: SessionCreator) -> None:
-    closer = getattr(creator, "aclose", None) or getattr(creator, "close", None)
+async def _close(owned: object) -> None:
+    closer = getattr(owned, "aclose", None) or getattr(owned, "close", None)
     if closer is None:
         return
     result = closer()

@@ -161,3 +161,35 @@ async def test_only_rate_limit_spends_skip_the_wal_flush(
     assert (await writer_pool.run(_synchronous_commit))[1] != "client"
     await limiter.aclose()
     await writer.aclose()
+
+
+def _connections(url: str) -> int:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+async def test_the_door_closes_its_pools_when_it_stops(
+    tmp_path: Path,
+    postgres_url: str,  # noqa: F811 - the fixture imported above
+) -> None:
+    _terminate_other_connections(postgres_url)
+    settings = make_settings(tmp_path, DATABASE_URL=postgres_url, DOOR_SHARED_STATE="database")
+    app = create_app(settings)
+    body = {"agent_id": str(SUPPORT_AGENT)}
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://door.test") as client:
+            assert (await client.post("/v1/voice/web-call", json=body, headers=feather_headers())).status_code == 200
+        # the rate limiter's, the idempotency store's and the session writer's pools
+        assert await asyncio.to_thread(_connections, postgres_url) >= 2
+    assert await asyncio.to_thread(_connections, postgres_url) == 0
