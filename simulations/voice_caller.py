@@ -233,33 +233,11 @@ class CallerParticipant:
 
     async def _microphone(self) -> None:
         assert self._source is not None
-        silence = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
-        next_at = time.monotonic()
-        speaking = False
-        while True:
-            if self._pending:
-                chunk = self._pending[0]
-                frame, rest = chunk[:SAMPLES_PER_FRAME], chunk[SAMPLES_PER_FRAME:]
-                if len(frame) < SAMPLES_PER_FRAME:
-                    frame = np.concatenate([frame, silence[: SAMPLES_PER_FRAME - len(frame)]])
-                if rest.size:
-                    self._pending[0] = rest
-                else:
-                    self._pending.pop(0)
-                speaking = True
-            else:
-                frame = silence
-                if speaking:
-                    speaking = False
-                    self._spoken_at = time.monotonic()
-                    self._spoken.set()
-            await self._source.capture_frame(rtc.AudioFrame(frame.tobytes(), SAMPLE_RATE, 1, SAMPLES_PER_FRAME))
-            next_at += FRAME_MS / 1000
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -0.2:  # fell far behind (a busy machine): resynchronise rather than burst
-                next_at = time.monotonic()
+        await pace_microphone(self._source, self._pending, self._spoke)
+
+    def _spoke(self, at: float) -> None:
+        self._spoken_at = at
+        self._spoken.set()
 
     # --- the end ------------------------------------------------------------------------------------------
 
@@ -272,3 +250,36 @@ class CallerParticipant:
         if self._stt_stream is not None:
             await self._stt_stream.aclose()
         await self.room.disconnect()
+
+
+async def pace_microphone(
+    source: rtc.AudioSource, pending: list[np.ndarray], on_speech_end: Callable[[float], None]
+) -> None:
+    """A microphone in real time: every 10 ms one frame of the first `pending` chunk (consumed as it goes), or
+    silence; `on_speech_end(monotonic time)` once the last queued sample is published. Runs until cancelled."""
+    silence = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
+    next_at = time.monotonic()
+    speaking = False
+    while True:
+        if pending:
+            chunk = pending[0]
+            frame, rest = chunk[:SAMPLES_PER_FRAME], chunk[SAMPLES_PER_FRAME:]
+            if len(frame) < SAMPLES_PER_FRAME:
+                frame = np.concatenate([frame, silence[: SAMPLES_PER_FRAME - len(frame)]])
+            if rest.size:
+                pending[0] = rest
+            else:
+                pending.pop(0)
+            speaking = True
+        else:
+            frame = silence
+            if speaking:
+                speaking = False
+                on_speech_end(time.monotonic())
+        await source.capture_frame(rtc.AudioFrame(frame.tobytes(), SAMPLE_RATE, 1, SAMPLES_PER_FRAME))
+        next_at += FRAME_MS / 1000
+        delay = next_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.2:  # fell far behind (a busy machine): resynchronise rather than burst
+            next_at = time.monotonic()

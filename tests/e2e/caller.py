@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from livekit import rtc
 
+from simulations.voice_caller import pace_microphone
+
 SAMPLE_RATE = 48_000
 FRAME_MS = 10
 SAMPLES_PER_FRAME = SAMPLE_RATE * FRAME_MS // 1000
@@ -84,33 +86,11 @@ class Caller:
 
     async def _microphone(self) -> None:
         assert self._source is not None
-        silence = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
-        next_at = time.monotonic()
-        speaking = False
-        while True:
-            if self._pending:
-                chunk = self._pending[0]
-                frame, rest = chunk[:SAMPLES_PER_FRAME], chunk[SAMPLES_PER_FRAME:]
-                if len(frame) < SAMPLES_PER_FRAME:
-                    frame = np.concatenate([frame, silence[: SAMPLES_PER_FRAME - len(frame)]])
-                if rest.size:
-                    self._pending[0] = rest
-                else:
-                    self._pending.pop(0)
-                speaking = True
-            else:
-                frame = silence
-                if speaking:
-                    speaking = False
-                    self.speech_ends.append(time.monotonic())
-                    self._spoken.set()
-            await self._source.capture_frame(rtc.AudioFrame(frame.tobytes(), SAMPLE_RATE, 1, SAMPLES_PER_FRAME))
-            next_at += FRAME_MS / 1000
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -0.2:  # fell far behind (a busy machine): resynchronise rather than burst
-                next_at = time.monotonic()
+        await pace_microphone(self._source, self._pending, self._spoke)
+
+    def _spoke(self, at: float) -> None:
+        self.speech_ends.append(at)
+        self._spoken.set()
 
     async def say(self, pcm: np.ndarray, timeout: float = 30.0) -> float:
         """Speak 48 kHz mono int16 `pcm` into the microphone; returns the monotonic time its last sample was
