@@ -469,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         update_readme(args.json)
         return 0
 
-    from tests.doubles.door_process import VOICE_WORKER, free_port
+    from tests.doubles.door_process import VOICE_WORKER
+    from tests.ports import free_port
 
     command = "python -m benchmarks.door " + shlex.join(argv if argv is not None else sys.argv[1:])
     load_at_start = [round(x, 1) for x in os.getloadavg()]

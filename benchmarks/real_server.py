@@ -72,10 +72,11 @@ from tests.doubles.openai_server import Reply
 from tests.e2e.brain import Brain
 from tests.e2e.caller import SPEECH_RMS
 from tests.e2e.catalog import EXAMPLES, write_catalog
-from tests.e2e.livekit_server import LiveKitServer, free_port, installed_version, pinned_version, running_livekit_server
+from tests.e2e.livekit_server import LiveKitServer, installed_version, pinned_version, running_livekit_server
 from tests.e2e.network import enter_test_network
 from tests.e2e.providers import ProviderDoubles
 from tests.e2e.worker_process import WorkerEnv, WorkerProcess, terminate
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

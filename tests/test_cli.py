@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from cli import main as cli
 from cli.console import run_console
 from contract.settings import EXAMPLE_CATALOG
 from tests.doubles.fake_llm import FakeLLM, Reply
+from tests.ports import free_port
 from worker.settings import Settings
 
 SUPPORT = "5b0e3c1a-9d4f-4c2b-8a1e-2f6d7c8b9a01"
@@ -181,14 +181,8 @@ async def test_console_holds_a_text_conversation(capsys):
     assert any(c.last_user_text == "how long do refunds take?" for c in fake.calls)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_unreachable_livekit_is_one_clear_line_and_the_worker_keeps_retrying():
-    url = f"ws://127.0.0.1:{_free_port()}"
+    url = f"ws://127.0.0.1:{free_port()}"
     env = {**os.environ, "LIVEKIT_URL": url, "HEALTH_HOST": "127.0.0.1", "HEALTH_PORT": "0", **KEYS}
     # `start`: `dev` brings up a livekit-server of its own where nothing answers (worker/devstack.py), which is
     # the point of `dev` and not of this test. Production mode wants real-looking secrets and no fixed metrics port.

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
 from worker.devserver import DevServerError, accepts_connections, dev_server_command, ensure_dev_server, local_endpoint
 
 FAKE_LIVEKIT_SERVER = textwrap.dedent(
@@ -62,12 +63,6 @@ def _no_project_binary(monkeypatch: pytest.MonkeyPatch) -> None:
     from worker import devserver
 
     monkeypatch.setattr(devserver, "PROJECT_BINARIES", ())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -135,7 +130,7 @@ def test_command_binds_loopback_and_names_only_a_non_default_port() -> None:
 
 
 def test_starts_the_dev_server_when_nothing_listens_and_stops_it_on_exit(fake_bin: Path, said: list[str]) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"ws://127.0.0.1:{port}"
     with ensure_dev_server(url, ready_timeout=READY_TIMEOUT, say=said.append) as server:
         assert server is not None
@@ -152,7 +147,7 @@ def test_starts_the_dev_server_when_nothing_listens_and_stops_it_on_exit(fake_bi
 
 
 def test_stops_the_dev_server_when_the_block_raises(fake_bin: Path, said: list[str]) -> None:
-    port = _free_port()
+    port = free_port()
     with pytest.raises(KeyboardInterrupt), ensure_dev_server(f"ws://127.0.0.1:{port}", say=said.append) as server:
         assert server is not None
         raise KeyboardInterrupt
@@ -162,7 +157,7 @@ def test_stops_the_dev_server_when_the_block_raises(fake_bin: Path, said: list[s
 
 def test_waits_until_the_server_accepts_connections(fake_bin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_LK_DELAY", "0.5")
-    port = _free_port()
+    port = free_port()
     with ensure_dev_server(f"ws://127.0.0.1:{port}", ready_timeout=READY_TIMEOUT, say=lambda _: None) as server:
         assert server is not None
         # Not a timing assertion: the context is entered only once the port answers.
@@ -194,7 +189,7 @@ def test_uses_what_already_listens(fake_bin: Path, said: list[str]) -> None:
 
 def test_does_nothing_without_the_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, said: list[str]) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    port = _free_port()
+    port = free_port()
     with ensure_dev_server(f"ws://127.0.0.1:{port}", say=said.append) as server:
         assert server is None
     assert len(said) == 1
@@ -213,7 +208,7 @@ def test_default_say_logs_one_info_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    with caplog.at_level("INFO", logger="voice_worker.devserver"), ensure_dev_server(f"ws://127.0.0.1:{_free_port()}"):
+    with caplog.at_level("INFO", logger="voice_worker.devserver"), ensure_dev_server(f"ws://127.0.0.1:{free_port()}"):
         pass
     records = [r for r in caplog.records if r.name == "voice_worker.devserver"]
     assert len(records) == 1 and records[0].levelname == "INFO"
@@ -226,7 +221,7 @@ def test_default_say_prints_to_stderr_before_logging_is_set_up(
 
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(devserver.log, "hasHandlers", lambda: False)
-    with ensure_dev_server(f"ws://127.0.0.1:{_free_port()}"):
+    with ensure_dev_server(f"ws://127.0.0.1:{free_port()}"):
         pass
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("voice-worker: nothing listens on 127.0.0.1:")
@@ -239,7 +234,7 @@ def test_a_server_that_exits_at_once_is_an_error(fake_bin: Path, monkeypatch: py
     monkeypatch.setenv("FAKE_LK_EXIT", "3")
     with (
         pytest.raises(DevServerError, match="exited with code 3"),
-        ensure_dev_server(f"ws://127.0.0.1:{_free_port()}", ready_timeout=READY_TIMEOUT, say=lambda _: None),
+        ensure_dev_server(f"ws://127.0.0.1:{free_port()}", ready_timeout=READY_TIMEOUT, say=lambda _: None),
     ):
         pytest.fail("the block ran although the server never listened")
 
@@ -250,7 +245,7 @@ def test_a_server_that_never_listens_is_stopped_after_the_timeout(
     monkeypatch.setenv("FAKE_LK_NEVER_LISTEN", "1")
     with (
         pytest.raises(DevServerError, match="did not accept connections"),
-        ensure_dev_server(f"ws://127.0.0.1:{_free_port()}", ready_timeout=1.0, say=lambda _: None),
+        ensure_dev_server(f"ws://127.0.0.1:{free_port()}", ready_timeout=1.0, say=lambda _: None),
     ):
         pytest.fail("the block ran although the server never listened")
     recorded, stopped = _record(fake_bin)
@@ -304,7 +299,7 @@ def test_registers_its_stop_with_atexit(fake_bin: Path, monkeypatch: pytest.Monk
     registered: list[object] = []
     monkeypatch.setattr(atexit, "register", registered.append)
     monkeypatch.setattr(atexit, "unregister", lambda func: None)
-    with ensure_dev_server(f"ws://127.0.0.1:{_free_port()}", say=lambda _: None) as server:
+    with ensure_dev_server(f"ws://127.0.0.1:{free_port()}", say=lambda _: None) as server:
         assert server is not None
         assert registered == [server.stop]
         registered[0]()  # what the interpreter would run at exit
@@ -313,7 +308,7 @@ def test_registers_its_stop_with_atexit(fake_bin: Path, monkeypatch: pytest.Monk
 
 
 def test_the_server_is_stopped_when_the_process_exits_inside_the_block(fake_bin: Path) -> None:
-    port = _free_port()
+    port = free_port()
     with _child("exit", port) as (process, server_pid):
         assert process.wait(20) == 0
     assert _record(fake_bin)[1], "atexit did not stop the dev server"
@@ -322,7 +317,7 @@ def test_the_server_is_stopped_when_the_process_exits_inside_the_block(fake_bin:
 
 
 def test_sigterm_stops_the_server_then_the_process_dies_of_sigterm(fake_bin: Path) -> None:
-    port = _free_port()
+    port = free_port()
     with _child("wait", port) as (process, server_pid):
         assert accepts_connections("127.0.0.1", port)
         process.send_signal(signal.SIGTERM)
@@ -337,7 +332,7 @@ def test_leaves_a_sigterm_handler_installed_by_someone_else_alone(fake_bin: Path
 
     previous = signal.signal(signal.SIGTERM, theirs)
     try:
-        with ensure_dev_server(f"ws://127.0.0.1:{_free_port()}", say=lambda _: None) as server:
+        with ensure_dev_server(f"ws://127.0.0.1:{free_port()}", say=lambda _: None) as server:
             assert server is not None
             assert signal.getsignal(signal.SIGTERM) is theirs
         assert signal.getsignal(signal.SIGTERM) is theirs
@@ -348,7 +343,7 @@ def test_leaves_a_sigterm_handler_installed_by_someone_else_alone(fake_bin: Path
 def test_restores_the_default_sigterm_disposition(fake_bin: Path) -> None:
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        with ensure_dev_server(f"ws://127.0.0.1:{_free_port()}", say=lambda _: None):
+        with ensure_dev_server(f"ws://127.0.0.1:{free_port()}", say=lambda _: None):
             assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
@@ -356,7 +351,7 @@ def test_restores_the_default_sigterm_disposition(fake_bin: Path) -> None:
 
 
 def test_stop_is_idempotent(fake_bin: Path) -> None:
-    with ensure_dev_server(f"ws://127.0.0.1:{_free_port()}", say=lambda _: None) as server:
+    with ensure_dev_server(f"ws://127.0.0.1:{free_port()}", say=lambda _: None) as server:
         assert server is not None
         first = server.stop()
         assert first == 0

@@ -4,7 +4,6 @@ session creator kept off the event loop, and the start-up refusals of `serve`.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -25,16 +24,11 @@ from tests.doubles.door_world import (
     revdesk_headers,
     revdesk_path,
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.ports import free_port
 
 
 def test_uvicorn_serves_the_door_on_a_real_socket(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     settings = make_settings(tmp_path, DOOR_HOST="127.0.0.1", DOOR_PORT=port)
     creator = RecordingSessionCreator()
     server = build_server(settings, create_app(settings, session_creator=creator))
@@ -60,7 +54,7 @@ def test_uvicorn_serves_the_door_on_a_real_socket(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_production_without_a_keys_file_before_binding(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, DOOR_API_KEYS_FILE=None, DOOR_HOST="127.0.0.1", DOOR_PORT=_free_port())
+    settings = make_settings(tmp_path, DOOR_API_KEYS_FILE=None, DOOR_HOST="127.0.0.1", DOOR_PORT=free_port())
     with pytest.raises(SettingsError, match="DOOR_API_KEYS_FILE"):
         serve(settings)
 

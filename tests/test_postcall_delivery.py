@@ -37,7 +37,8 @@ from records.outcome import SessionOutcome, TranscriptItem
 from records.store import SessionStore
 from telemetry import metrics
 from tests.doubles.postgres import database_url, postgres_server, postgres_url  # noqa: F401 - pytest fixtures
-from tests.doubles.webhook_receiver import WebhookReceiver, reserve_port
+from tests.doubles.webhook_receiver import WebhookReceiver
+from tests.ports import free_port
 from worker.settings import Settings
 
 SECRET = "whsec-delivery-test-secret-0123456789"
@@ -173,7 +174,7 @@ async def test_the_docs_sample_receiver_deduplicates_real_deliveries(migrated_ur
     receiver = sample["SessionReceiver"](
         SECRET, str(tmp_path / "keys.db"), lambda _db, record: processed.append(record["session_id"])
     )
-    port = reserve_port()
+    port = free_port()
     server = sample["serve"](receiver, port)
     serving = asyncio.create_task(asyncio.to_thread(server.serve_forever, 0.05))
     try:
@@ -213,7 +214,7 @@ async def test_the_docs_sample_receiver_deduplicates_real_deliveries(migrated_ur
 async def test_an_always_down_receiver_has_the_entry_parked_after_the_limit_and_resent_from_the_cli(
     migrated_url: str, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = reserve_port()  # nothing listens: connection refused, every time
+    port = free_port()  # nothing listens: connection refused, every time
     url = f"http://127.0.0.1:{port}/hooks/session"
     settings = settings_for(url, OUTBOX_MAX_ATTEMPTS=4)
     store = SessionStore(migrated_url)
@@ -277,7 +278,7 @@ async def test_an_always_down_receiver_has_the_entry_parked_after_the_limit_and_
 async def test_an_entry_older_than_the_maximum_age_is_parked_at_its_next_failure(migrated_url: str) -> None:
     now = [T0]
     store = SessionStore(migrated_url, clock=lambda: now[0])
-    url = f"http://127.0.0.1:{reserve_port()}/hooks/session"
+    url = f"http://127.0.0.1:{free_port()}/hooks/session"
     settings = settings_for(url, OUTBOX_MAX_AGE_S=3600)
     outcome = await queue_one(store, settings)
     delivery = OutboxDelivery.from_settings(store, settings, rng=random.Random(1))

@@ -23,7 +23,8 @@ from records import migrate
 from records.outcome import SessionOutcome, TranscriptItem
 from records.store import SessionStore
 from tests.doubles.postgres import database_url, postgres_server, postgres_url  # noqa: F401 - pytest fixtures
-from tests.doubles.webhook_receiver import WebhookReceiver, reserve_port
+from tests.doubles.webhook_receiver import WebhookReceiver
+from tests.ports import free_port
 from worker.settings import Settings
 
 SECRET = "whsec-outbox-test-secret-0123456789"
@@ -92,7 +93,7 @@ async def test_receiver_down_for_the_first_attempts_gets_the_record_exactly_once
     migrated_url: str, receiver: WebhookReceiver
 ) -> None:
     clock = FakeClock(T0)
-    port = reserve_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/hooks/session"
     store = SessionStore(migrated_url, clock=clock)
     outcome = await _queue_one(store, url)
@@ -202,7 +203,7 @@ async def test_errors_never_carry_credentials_from_the_url(tmp_path: Path) -> No
     url_db = f"sqlite:///{tmp_path / 'records.db'}"
     await asyncio.to_thread(migrate.upgrade, url_db)
     store = SessionStore(url_db)
-    url = f"http://hook-user:hunter2-password@127.0.0.1:{reserve_port()}/hooks?token=tok-secret-9"
+    url = f"http://hook-user:hunter2-password@127.0.0.1:{free_port()}/hooks?token=tok-secret-9"
     outcome = await _queue_one(store, url)
     delivery = OutboxDelivery(store, url, SECRET, **TINY)
     await delivery.drain_once()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from records.outcome import MemoryState, SessionOutcome, SummaryState, Transcrip
 from records.store import SessionStore
 from tests.doubles.fake_llm import FakeLLM, Reply
 from tests.doubles.postgres import database_url, postgres_server, postgres_url  # noqa: F401 - pytest fixtures
+from tests.ports import free_port
 from worker.settings import Settings
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -295,9 +295,7 @@ async def test_without_a_webhook_url_nothing_is_queued(sqlite_store: SessionStor
 
 
 async def test_process_never_raises_when_the_database_is_unreachable(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     store = SessionStore(f"postgresql+psycopg://nobody@127.0.0.1:{port}/nothing")
     summaries = CountingFactory(["x"])
     try:

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from cli import main as cli
+from tests.ports import free_port
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,10 +94,7 @@ def _env(closed_port: int) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_port()
 
 
 def _run(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -227,9 +225,7 @@ async def _no_server_line() -> str:
     """What the worker logs when nothing answers at the default LIVEKIT_URL, from a real failed connection."""
     from worker.connectivity import UnreachableLiveKitFilter
 
-    with socket.socket() as sock:  # a free port: the one livekit-server --dev uses may be taken on this machine
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # not 7880: the port livekit-server --dev uses may be taken on this machine
     async with aiohttp.ClientSession() as session:
         try:
             await session.ws_connect(f"ws://127.0.0.1:{port}/agent")

@@ -9,13 +9,13 @@ import asyncio
 import json
 import logging
 import os
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import aiohttp
 import pytest
 
 from tests.doubles.livekit_server import LiveKitServerDouble
+from tests.ports import free_port
 from worker.server import VoiceWorkerServer, create_server
 from worker.settings import Settings
 
@@ -30,12 +30,6 @@ def restore_environ() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(before)
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _server(livekit_url: str) -> VoiceWorkerServer:
@@ -118,7 +112,7 @@ def test_readiness_names_why_not() -> None:
 
 
 async def test_not_ready_while_livekit_is_unreachable_but_alive() -> None:
-    server = _server(f"ws://127.0.0.1:{_closed_port()}")
+    server = _server(f"ws://127.0.0.1:{free_port()}")
     task = asyncio.create_task(server.run(devmode=True))
     try:
         await _until(lambda: server.worker_info.http_port != 0, "livekit's health server")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,14 +25,9 @@ from tests.doubles.door_world import (
     write_catalog,
     write_keys_file,
 )
+from tests.ports import free_port
 
 VOICE_WORKER = Path(sys.executable).with_name("voice-worker")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def door_env(tmp_path: Path, **overrides: object) -> dict[str, str]:

@@ -21,7 +21,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -32,6 +31,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
+
+from tests.ports import free_port
 
 DSN_ENV = "TEST_POSTGRES_DSN"
 _HOW_TO_GET_ONE = (
@@ -81,12 +82,6 @@ def _find_bin_dir() -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class _Cluster:
     def __init__(self, bin_dir: Path) -> None:
         self.bin_dir = bin_dir
@@ -121,7 +116,7 @@ class _Cluster:
         if proc.returncode != 0:
             self._fail("initdb", proc)
         for _ in range(3):
-            self.port = _free_port()
+            self.port = free_port()
             options = (
                 f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base} "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100"

@@ -4,7 +4,7 @@ It verifies the HMAC itself (not with postcall.signing), so a signing bug fails 
 is recorded, with the status it gets, as soon as it arrives (that is when a receiver processes it, whether or not
 the sender is still waiting for the answer). `fail_next(n)` answers the next n requests with 503; `delay_s` makes
 every answer that late (a slow receiver); `hang_next(n)` never answers the next n requests (recorded with status
-`HUNG`; released by `stop()`); `reserve_port()` plus a later `start(port)` gives "connection refused" until the
+`HUNG`; released by `stop()`); `free_port()` plus a later `start(port)` gives "connection refused" until the
 receiver comes up.
 """
 
@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,12 +41,6 @@ class ReceivedRequest:
     @property
     def idempotency_key(self) -> str | None:
         return self.headers.get(IDEMPOTENCY_HEADER)
-
-
-def reserve_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

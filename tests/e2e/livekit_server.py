@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,7 @@ import httpx
 import yaml
 
 from tests.e2e.network import SERVER_HOST
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ROOT / "scripts" / "versions.env"
@@ -45,12 +45,6 @@ def installed_version(binary: Path = BINARY) -> str | None:
     return out.split()[-1] if out.split() else None
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class LiveKitServer:
     url: str
@@ -69,7 +63,42 @@ class LiveKitServer:
 
 @contextmanager
 def running_livekit_server(binary: Path = BINARY) -> Iterator[LiveKitServer]:
-    port, tcp_port, udp_port = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
+    server = _started(binary)
+    try:
+        yield server
+    finally:
+        _stop(server)
+
+
+BIND_ATTEMPTS = 3
+
+
+def _started(binary: Path) -> LiveKitServer:
+    """A ready server; a port lost to another socket between its check and the server's bind means fresh ports."""
+    for attempt in range(1, BIND_ATTEMPTS + 1):
+        server = _launch(binary)
+        try:
+            _wait_ready(server)
+        except _PortTaken:
+            _stop(server)
+            if attempt == BIND_ATTEMPTS:
+                raise RuntimeError(
+                    f"livekit-server found its ports taken {BIND_ATTEMPTS} times:\n{server.log_text()[-3000:]}"
+                ) from None
+            continue
+        except BaseException:
+            _stop(server)
+            raise
+        return server
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _launch(binary: Path) -> LiveKitServer:
+    port, tcp_port, udp_port = free_port(), free_port(), free_port()
     api_key, api_secret = "e2e-" + secrets.token_hex(4), secrets.token_urlsafe(32)
     config = {
         "port": port,
@@ -83,16 +112,18 @@ def running_livekit_server(binary: Path = BINARY) -> Iterator[LiveKitServer]:
             "node_ip": SERVER_HOST,
         },
     }
-    log_file = tempfile.NamedTemporaryFile(prefix="livekit-server-e2e-", suffix=".log", delete=False)  # noqa: SIM115 -- outlives the block for the failure report
-    process = subprocess.Popen(
-        [str(binary), "--config-body", yaml.safe_dump(config)],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        # the keys come from the config only: an operator's LIVEKIT_* variables would override it
-        env={k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "NODE_IP", "UDP_PORT", "REDIS_"))},
-    )
-    server = LiveKitServer(
+    # the keys come from the config only: an operator's LIVEKIT_* variables would override it
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "NODE_IP", "UDP_PORT", "REDIS_"))}
+    # delete=False: the log outlives the server for the failure report
+    with tempfile.NamedTemporaryFile(prefix="livekit-server-e2e-", suffix=".log", delete=False) as log_file:
+        process = subprocess.Popen(
+            [str(binary), "--config-body", yaml.safe_dump(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    return LiveKitServer(
         url=f"ws://127.0.0.1:{port}",
         http_url=f"http://127.0.0.1:{port}",
         api_key=api_key,
@@ -100,26 +131,32 @@ def running_livekit_server(binary: Path = BINARY) -> Iterator[LiveKitServer]:
         process=process,
         log_path=Path(log_file.name),
     )
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"livekit-server exited with {process.returncode}:\n{server.log_text()[-3000:]}")
-            try:
-                if httpx.get(server.http_url, timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"livekit-server not ready in {READY_TIMEOUT_S} s:\n{server.log_text()[-3000:]}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log_file.close()
+
+
+def _wait_ready(server: LiveKitServer) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        if server.process.poll() is not None:
+            log = server.log_text()
+            if "address already in use" in log:
+                raise _PortTaken
+            raise RuntimeError(f"livekit-server exited with {server.process.returncode}:\n{log[-3000:]}")
+        try:
+            if httpx.get(server.http_url, timeout=0.5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"livekit-server not ready in {READY_TIMEOUT_S} s:\n{server.log_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+def _stop(server: LiveKitServer) -> None:
+    process = server.process
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

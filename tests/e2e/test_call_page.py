@@ -20,10 +20,10 @@ import pytest
 
 from tests.e2e import browser
 from tests.e2e.conftest import SUPPORT_AGENT, unavailable
-from tests.e2e.livekit_server import free_port
 from tests.e2e.providers import ProviderDoubles
 from tests.e2e.session_records import wait_for_record
 from tests.e2e.worker_process import DoorProcess, WorkerEnv, WorkerProcess
+from tests.ports import free_port
 
 QUESTION = "I would like a refund for my order please"
 # The page's meter is livekit-client's RMS of the float samples (0..1). The doubles' TTS tones measure about

@@ -29,10 +29,11 @@ from door.keys import DEV_API_KEY
 from tests.e2e import browser
 from tests.e2e.catalog import write_catalog
 from tests.e2e.conftest import SUPPORT_AGENT, unavailable
-from tests.e2e.livekit_server import BINARY, free_port
+from tests.e2e.livekit_server import BINARY
 from tests.e2e.network import SERVER_HOST
 from tests.e2e.providers import ProviderDoubles
 from tests.e2e.session_records import wait_for_record
+from tests.ports import free_port
 from worker.devserver import DEFAULT_PORT, accepts_connections
 
 QUESTION = "I would like a refund for my order please"

@@ -20,7 +20,8 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.livekit_server import LiveKitServer, free_port
+from tests.e2e.livekit_server import LiveKitServer
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VOICE_WORKER = Path(sys.executable).with_name("voice-worker")
