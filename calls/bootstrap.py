@@ -117,12 +117,14 @@ async def start_call(
             "mark-started",
         )
     log.info(
-        "call started: %s %s (%s) session_type=%s in %.1f ms",
+        "call started: %s %s (%s) session_type=%s in %.1f ms on %s",
         "team" if admission.team else "agent",
         admission.team.name if admission.team else admission.agent.name,
         admission.team.id if admission.team else admission.agent.id,
         claims.session_type,
         (time.perf_counter() - entered) * 1000,
+        # which event loop the call really got (EVENT_LOOP, worker/event_loop.py): the module of its class
+        type(asyncio.get_running_loop()).__module__.partition(".")[0],
         extra=state.log_context,
     )
     return call

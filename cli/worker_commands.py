@@ -69,9 +69,12 @@ def run_worker(args: argparse.Namespace, *, dev: bool, app: Path = APP) -> int:
     # The composition root (worker/app.py) reads settings from the environment in this and every job process.
     os.environ["VOICE_WORKER_MODE"] = settings.mode.value
     os.environ["CATALOG_PATH"] = str(settings.catalog_path)
-    from worker import connectivity
+    from worker import connectivity, event_loop
 
     connectivity.install(settings.livekit_url)
+    # before livekit's command line creates its loops; job processes install it again in their setup
+    event_loop.install(settings.event_loop)
+    _early_line(dev, logging.INFO, f"voice-worker: calls run on the {event_loop.installed()} event loop")
     argv = ["start", str(app), "--log-level", args.log_level]
     if early is not None:
         logging.getLogger().removeHandler(early)  # livekit's start command installs its own JSON handler

@@ -28,6 +28,7 @@ from catalog.loader import CatalogStore
 from contract.dispatch import DispatchRejected, verify_dispatch_metadata
 from records.record import SessionRecord
 from telemetry import logcontext, metrics
+from worker import event_loop
 from worker.capacity import CallLoad
 from worker.connectivity import ConnectionWatch
 from worker.health import LIVEKIT_HEALTH_HOST, HealthEndpoint
@@ -138,9 +139,12 @@ def setup_process(proc: JobProcess) -> None:
     and the store and prebuild the pipelines, so no call waits for them (worker/services.py)."""
     from worker.services import build_process_services, freeze_once
 
+    settings = get_settings()
+    # a job process creates its loop after this setup: it is the process's first chance to choose it
+    event_loop.install(settings.event_loop)
     # this process's log records carry the call's ids (telemetry/logcontext.py)
     logcontext.install()
-    proc.userdata["services"] = build_process_services(get_settings())
+    proc.userdata["services"] = build_process_services(settings)
     freeze_once()
 
 

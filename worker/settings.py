@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from contract.settings import Mode, SharedSettings, load
 from tools.ssrf import EgressPolicy
+from worker.event_loop import EventLoopKind
 
 DEFAULT_PROMETHEUS_PORT = 9100
 # Concurrent calls one worker holds before its turn latency degrades, by JOB_EXECUTOR: the density benchmark's
@@ -52,6 +53,8 @@ class Settings(SharedSettings):
     # process of its own (livekit's default: a crash ends one call; ~79 MB per call); "thread" runs every call
     # as a thread of the worker process, sharing its models (~2.5 MB per call; a crash ends the worker's calls).
     job_executor: Literal["process", "thread"] = Field("process", validation_alias="JOB_EXECUTOR")
+    # The calls' event loop (worker/event_loop.py): uvloop, or asyncio's own to rule uvloop out when debugging.
+    event_loop: EventLoopKind = Field("uvloop", validation_alias="EVENT_LOOP")
     # CPU guard: at this fraction of CPU use the worker reports itself full (worker/capacity.py), however few calls.
     load_threshold: float = Field(0.7, gt=0, le=1, validation_alias="LOAD_THRESHOLD")
     # Whether the machine's CPU use counts in the load (worker/capacity.py). Off where the machine's CPU is not the

@@ -59,4 +59,7 @@ async def test_ten_simultaneous_callers_all_get_an_agent(
     accepted = [r for r in worker.log_records() if str(r.get("message", "")).startswith("dispatch accepted")]
     assert refusals == []
     assert len(accepted) == CALLERS
+    # every call's thread made its loop from the policy the worker installed at start (worker/event_loop.py)
+    started = [r["message"] for r in worker.log_records() if str(r.get("message", "")).startswith("call started")]
+    assert started and all(message.endswith(" on uvloop") for message in started), started
     print(f"{CALLERS} simultaneous callers: all agents joined within {elapsed:.1f} s (slowest {max(joined):.1f} s)")

@@ -70,6 +70,9 @@ async def test_call_with_cli_token(
     latencies = [m.end_of_speech_to_first_audio_ms for m in record.turn_metrics]
     assert any(v is not None and 0 < v < 5000 for v in latencies), record.turn_metrics
     assert record.end_reason is not None and record.end_reason.value == "participant_left"
+    # the call's loop was uvloop's, the default (worker/event_loop.py), installed before its job process made it
+    started = [r["message"] for r in worker.log_records() if str(r.get("message", "")).startswith("call started")]
+    assert started and all(message.endswith(" on uvloop") for message in started), started
 
     # context variables and the session type, from the signed token, reached the agent's instructions
     prompts = _requests_naming(doubles, name)
