@@ -106,7 +106,7 @@ LATENCIES = Latencies()
 DENSITY_MARGIN_MS = 60.0
 # issue #21's goal on the real path: calls held per worker core (overhead p95 within the margin, none unanswered)
 DENSITY_GOAL_PER_CORE = 30
-DEFAULT_LEVELS = (1, 3, 5, 10, 15, 20, 25, 30, 40)
+DEFAULT_LEVELS = (1, 3, 5, 7, 10, 15, 20, 25, 30, 40)
 CALLERS_PER_PROCESS = 5
 STAGGER_S = 5.0
 # the TTS double renders this many seconds of tone per character (shorter replies keep the run short)
@@ -114,7 +114,6 @@ TTS_SECONDS_PER_CHAR = 0.05
 SAMPLE_INTERVAL_S = 0.5
 # --profile: seconds after the last call started before py-spy starts (every greeting said by then)
 PROFILE_SETTLE_S = 4.0
-GC_PROBE = ROOT / "benchmarks" / "gcprobe"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 log = logging.getLogger("voice_worker.bench.real_server")
@@ -306,8 +305,9 @@ class Agents:
     worker: WorkerProcess | None = None
     stock: StockWorker | None = None
     ready_s: float | None = None
-    """Cold start: spawn -> registered with LiveKit and taking calls (the worker: its `/ready` and available
-    status; stock: its "registered worker" log line, before the 3 s its job processes are given to warm up)."""
+    """Cold start: spawn -> registered with LiveKit and taking calls (the worker: its `/ready` answering 200 and
+    its last load report, if any, below capacity; stock: its "registered worker" log line). Neither includes the
+    settling that follows (the worker's 3 s of steady "below capacity", stock's 3 s for its job processes)."""
 
     def pid(self, impl: Impl) -> int:
         proc = self.worker.process if impl == "worker" else self.stock.process  # type: ignore[union-attr]  # the kind asked for is running
@@ -345,8 +345,13 @@ def start_agent(
     try:
         if agents.worker is not None:
             agents.worker.wait_ready()
-            agents.worker.wait_available()
+            while not agents.worker.available():
+                if time.monotonic() - spawned > 60:
+                    raise RuntimeError(f"worker reports itself full:\n{agents.worker.log_tail()}")
+                time.sleep(0.05)
             agents.ready_s = time.monotonic() - spawned
+            # not timed, as stock's warm-up sleep below is not: its load reports say it takes calls 3 s in a row
+            agents.worker.wait_available()
         if agents.stock is not None:
             agents.stock.wait_ready()
             agents.ready_s = time.monotonic() - spawned
@@ -423,6 +428,8 @@ class Sampler:
         self.roots = roots
         self.interval = interval
         self.samples: dict[str, list[TreeSample]] = {}
+        # (monotonic time, busy and total CPU seconds of each core): whether the harness's core was the limit
+        self.cores: list[tuple[float, list[tuple[float, float]]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="real-server-sampler", daemon=True)
 
@@ -430,6 +437,8 @@ class Sampler:
         while not self._stop.wait(self.interval):
             for name, pid in list(self.roots.items()):
                 self.samples.setdefault(name, []).append(sample_tree(pid, memory=name == "agent"))
+            times = psutil.cpu_times(percpu=True)
+            self.cores.append((time.monotonic(), [(sum(t) - t.idle - t.iowait, sum(t)) for t in times]))
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -438,6 +447,16 @@ class Sampler:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def core_busy_percent(self, cores: Sequence[int], start: float, end: float) -> float | None:
+        """How busy `cores` were over [start, end] (whatever ran there), in % of their capacity."""
+        window = [c for c in self.cores if start <= c[0] <= end]
+        if len(window) < 2:
+            return None
+        (_, first), (_, last) = window[0], window[-1]
+        busy = sum(last[i][0] - first[i][0] for i in cores)
+        total = sum(last[i][1] - first[i][1] for i in cores)
+        return 100 * busy / total if total > 0 else None
 
     def window(self, name: str, start: float, end: float) -> list[TreeSample]:
         return [s for s in self.samples.get(name, []) if start <= s.at <= end]
@@ -655,6 +674,7 @@ class Batch:
     agent_processes_at_peak: int | None = None
     callers_cpu_percent: float | None = None
     server_cpu_percent: float | None = None
+    harness_cores_busy_percent: float | None = None
     window_s: float | None = None
     caller_processes: int = 0
     loop_blocked: dict[str, Any] = field(default_factory=dict)
@@ -732,7 +752,7 @@ def run_batch(
     if profiler is not None:
         profiler[0].join()
         batch.profile = profiler[1]
-    _fill_usage(batch, sampler, idle)
+    _fill_usage(batch, sampler, idle, ctx.pin.other_cpus)
     batch.loop_blocked = loop_blocks(agents.log_path(impl), log_offset)
     return batch
 
@@ -778,7 +798,7 @@ def _tail(path: Path, chars: int = 2000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
 
-def _fill_usage(batch: Batch, sampler: Sampler, idle: TreeSample) -> None:
+def _fill_usage(batch: Batch, sampler: Sampler, idle: TreeSample, harness_cores: Sequence[int]) -> None:
     greeted = [r.greeting_at for r in batch.results if r.greeting_at is not None]
     ended = [r.ended_at for r in batch.results if r.ended_at is not None]
     if not greeted or not ended:
@@ -795,6 +815,7 @@ def _fill_usage(batch: Batch, sampler: Sampler, idle: TreeSample) -> None:
     batch.agent_cpu_percent = sampler.cpu_percent("agent", start, end)
     batch.callers_cpu_percent = sampler.cpu_percent("callers-", start, end)
     batch.server_cpu_percent = sampler.cpu_percent("server", start, end)
+    batch.harness_cores_busy_percent = sampler.core_busy_percent(harness_cores, start, end)
     batch.agent_pss_idle_mb, batch.agent_rss_idle_mb = idle.pss_kb / 1024, idle.rss_kb / 1024
     batch.agent_pss_peak_mb, batch.agent_rss_peak_mb = peak.pss_kb / 1024, peak.rss_kb / 1024
     batch.agent_processes_at_peak = len(peak.cpu)
@@ -885,6 +906,8 @@ def level_dict(batch: Batch, stats: TurnStats, limit_ms: float | None) -> dict[s
         "callers_cpu_percent": batch.callers_cpu_percent,
         "caller_processes": batch.caller_processes,
         "server_cpu_percent": batch.server_cpu_percent,
+        # the callers, livekit-server and the provider doubles share these: near 100 % the harness is the limit
+        "harness_cores_busy_percent": batch.harness_cores_busy_percent,
         "window_s": batch.window_s,
         "loop_blocked": batch.loop_blocked,
         "voice_to_voice_ms": [t.voice_to_voice_ms for t in batch.turns()],
@@ -1028,16 +1051,27 @@ def density(
 
 # --profile: the worker as it was before each optimisation of docs/performance.md, then as it is (env of each)
 PROFILE_VARIANTS: tuple[tuple[str, dict[str, str]], ...] = (
-    ("before: livekit's speaking-rate STFT", {"VOICE_WORKER_STOCK_SPEAKING_RATE": "1"}),
-    ("after: batched speaking-rate STFT (pipelines/speaking_rate.py)", {}),
+    (
+        "livekit's speaking-rate STFT, asyncio's loop",
+        {"VOICE_WORKER_STOCK_SPEAKING_RATE": "1", "EVENT_LOOP": "asyncio"},
+    ),
+    ("batched speaking-rate STFT (pipelines/speaking_rate.py), asyncio's loop", {"EVENT_LOOP": "asyncio"}),
+    ("batched speaking-rate STFT, uvloop (worker/event_loop.py; as shipped)", {}),
+    (
+        "as shipped + each audio stream subscribed to its own events only (livekit 1.2.1's subscription, "
+        "benchmarks/rtc_narrowing; not shipped)",
+        {"NARROW_AUDIO_STREAMS": "1"},
+    ),
 )
+# --profile's sitecustomize: benchmarks/rtc_narrowing (a no-op unless NARROW_AUDIO_STREAMS=1), chaining gcprobe
+PROFILE_SITE = ROOT / "benchmarks" / "rtc_narrowing"
 
 
 def profile(world: World, *, calls: int, turns: int, stagger_s: float, seconds: float) -> dict[str, Any]:
     """`calls` concurrent calls against a fresh worker of each of `PROFILE_VARIANTS`, alternating, each with its
     CPU profiled (benchmarks/profile_split.py) and its garbage collections timed (benchmarks/gcprobe) once every
     call is under way."""
-    pythonpath = os.pathsep.join(p for p in (str(GC_PROBE), os.environ.get("PYTHONPATH", "")) if p)
+    pythonpath = os.pathsep.join(p for p in (str(PROFILE_SITE), os.environ.get("PYTHONPATH", "")) if p)
     deduct = endpointing_ms() + critical_providers_ms(endpointing_ms())
     variants: list[dict[str, Any]] = []
     for name, env in PROFILE_VARIANTS:
@@ -1172,6 +1206,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
                     "unanswered": broke["unanswered"],
                     "agent_cpu_percent": broke["agent_cpu_percent"],
                     "callers_cpu_percent": broke["callers_cpu_percent"],
+                    "harness_cores_busy_percent": broke.get("harness_cores_busy_percent"),
                 },
             }
     return out
@@ -1225,7 +1260,12 @@ def render_markdown(s: dict[str, Any]) -> str:
                 "not reached"
                 if nxt is None
                 else f"{nxt['calls']}: p95 {_fmt(nxt['overhead_p95_ms'])} ms, {nxt['unanswered']} unanswered "
-                f"(worker {_fmt(nxt['agent_cpu_percent'])} %, callers {_fmt(nxt['callers_cpu_percent'])} % CPU)"
+                f"(worker {_fmt(nxt['agent_cpu_percent'])} %, callers {_fmt(nxt['callers_cpu_percent'])} % CPU"
+                + (
+                    f"; harness core {_fmt(nxt['harness_cores_busy_percent'])} % busy)"
+                    if nxt.get("harness_cores_busy_percent") is not None
+                    else ")"
+                )
             )
             lines.append(
                 f"| {label} | **{d['calls_held']}** | {_fmt(d['overhead_p95_ms'])} ms ({_fmt(d['limit_ms'])}) "
@@ -1237,7 +1277,7 @@ def render_markdown(s: dict[str, Any]) -> str:
             w_cold, s_cold = cold["worker"], cold["stock"]
             lines += [
                 "",
-                f"Cold start, spawn -> registered and taking calls, on the pinned core beside the calls' load: worker "
+                f"Cold start, spawn -> registered and taking calls, on its pinned core with no call yet: worker "
                 f"p50 {w_cold['p50']:.2f} s (max {w_cold['max']:.2f}, {w_cold['starts']} starts), stock "
                 f"{s_cold['p50']:.2f} s (max {s_cold['max']:.2f}, {s_cold['starts']} starts); goal (issue #21) "
                 f"<= 1.5 s for the worker: {'met' if w_cold['p50'] <= 1.5 else '**missed**'}.",
@@ -1251,6 +1291,12 @@ def render_markdown(s: dict[str, Any]) -> str:
             + ("" if goal["pinned"] else ", not pinned: the worker shared every core with the callers")
             + ").",
         ]
+        per_call = s["density"]["worker"]["cpu_per_call_percent"]
+        if per_call:
+            lines.append(
+                f"CPU alone would allow {100 / per_call:.0f} calls on a worker core at {per_call:.1f} % per call; "
+                f"{goal['per_core']} calls need <= {100 / goal['per_core']:.1f} % per call."
+            )
     return "\n".join(lines)
 
 
@@ -1466,7 +1512,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--rounds", type=int, help="voice-to-voice: calls of each agent (default 5; short 1)")
     parser.add_argument("--turns", type=int, help="voice-to-voice: turns per call (default 6; short 2)")
     parser.add_argument(
-        "--levels", help="density levels, comma-separated, or none (default 1,3,5,10,15,20,25,30,40; short 2)"
+        "--levels", help="density levels, comma-separated, or none (default 1,3,5,7,10,15,20,25,30,40; short 2)"
     )
     parser.add_argument("--density-turns", type=int, help="density: turns per call (default 2; short 1)")
     parser.add_argument("--stagger", type=float, help="density: seconds over which a level's calls start")
