@@ -422,12 +422,9 @@ def test_console_after_a_failed_turn_ends_on_ctrl_c_and_ctrl_d_with_exit_0(
 
 @pytest.fixture
 def unused_port() -> int:
-    import socket
+    from tests.ports import free_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_port()
 
 
 # --- 4. no machine paths; one set of figures -------------------------------------------------------------

@@ -30,7 +30,8 @@ from contract.settings import EXAMPLE_CATALOG
 from records.migrate import upgrade
 from records.store import SessionStore
 from tests.doubles.livekit_server import LiveKitServerDouble
-from tests.doubles.webhook_receiver import WebhookReceiver, reserve_port
+from tests.doubles.webhook_receiver import WebhookReceiver
+from tests.ports import free_port
 from worker.server import DispatchGate
 from worker.settings import Settings
 
@@ -102,7 +103,7 @@ def database_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def worker(lk: LiveKitServerDouble, receiver: WebhookReceiver, database_url: str, tmp_path: Path) -> Iterator[Worker]:
-    metrics_port = reserve_port()
+    metrics_port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS_", "LIVEKIT_"))},
         **SECRETS,

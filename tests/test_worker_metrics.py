@@ -41,7 +41,8 @@ from tests.doubles.audio_io import CapturingAudioOutput
 from tests.doubles.fake_llm import FakeLLM, Reply
 from tests.doubles.fake_speech import FakeTTS
 from tests.doubles.livekit_server import LiveKitServerDouble
-from tests.doubles.webhook_receiver import WebhookReceiver, reserve_port
+from tests.doubles.webhook_receiver import WebhookReceiver
+from tests.ports import free_port
 from worker.outbox_loop import OutboxLoop
 from worker.server import after_call, create_server
 from worker.services import ProcessServices
@@ -128,7 +129,7 @@ def settings(tmp_path: Path, receiver: WebhookReceiver) -> Settings:
         DEEPGRAM_API_KEY="dg-test-not-real",
         HEALTH_HOST="127.0.0.1",
         HEALTH_PORT=0,
-        PROMETHEUS_PORT=reserve_port(),
+        PROMETHEUS_PORT=free_port(),
         DATABASE_URL=url,
         POSTCALL_WEBHOOK_URL=receiver.url,
         POSTCALL_WEBHOOK_SECRET=WEBHOOK_SECRET,
