@@ -335,9 +335,7 @@ def start_agent(
                 workdir / f"worker-{uuid.uuid4().hex[:6]}.log",
                 # the worker as deployed (deploy/k8s: one thread-executor worker process per core), its call
                 # capacity out of the way: this benchmark finds the limit instead of the configured one
-                JOB_EXECUTOR="thread",
-                WORKER_CALL_CAPACITY="1000",
-                **extra_env,
+                **{"JOB_EXECUTOR": "thread", "WORKER_CALL_CAPACITY": "1000", **extra_env},
             )
             agents = Agents(worker=worker)
         else:
@@ -833,6 +831,8 @@ class World:
     workdir: Path
     speech_path: Path
     stock_agent_name: str = ""
+    worker_env: dict[str, str] = field(default_factory=dict)
+    """The worker's own settings for this run (`--worker-executor process`: JOB_EXECUTOR)."""
 
 
 # -- summaries ----------------------------------------------------------------------------------------------
@@ -1009,7 +1009,18 @@ def density(
         for impl in IMPLS:
             if impl not in going:
                 continue
-            agents = running[impl] if running else start_agent(impl, world.env, world.doubles, world.pin, world.workdir)
+            agents = (
+                running[impl]
+                if running
+                else start_agent(
+                    impl,
+                    world.env,
+                    world.doubles,
+                    world.pin,
+                    world.workdir,
+                    **(world.worker_env if impl == "worker" else {}),
+                )
+            )
             if impl == "stock":
                 world.stock_agent_name = agents.stock.agent_name  # type: ignore[union-attr]  # started just above
             try:
@@ -1152,6 +1163,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "command": report["command"],
         "started_at": report["started_at"],
         "cores": report["machine"]["logical_cores"],
+        "worker_executor": report.get("worker_executor", "thread"),
         "load_average_at_start": round(report["machine"]["load_average_at_start"][0], 2),
         "pinning": report["pinning"]["description"],
         "deduct_ms": report["deduct_ms"],
@@ -1252,7 +1264,10 @@ def render_markdown(s: dict[str, Any]) -> str:
             "| worker CPU per call | PSS / RSS per call | next level |",
             "|---|---|---|---|---|---|",
         ]
-        rows = (("this worker (`JOB_EXECUTOR=thread`)", "worker"), ("stock livekit-agents (process executor)", "stock"))
+        rows = (
+            (f"this worker (`JOB_EXECUTOR={s.get('worker_executor', 'thread')}`)", "worker"),
+            ("stock livekit-agents (process executor)", "stock"),
+        )
         for label, impl in rows:
             d = s["density"][impl]
             nxt = d["next_level"]
@@ -1365,6 +1380,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "short": args.short,
         "machine": box,
         "pinning": {**asdict(pin), "description": pin.describe()},
+        "worker_executor": args.worker_executor,
         "latencies_ms": asdict(LATENCIES),
         "endpointing_ms": endpointing_ms(),
         "critical_providers_ms": critical_providers_ms(endpointing_ms()),
@@ -1394,7 +1410,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                     webhook_url=doubles.webhook.url,
                     webhook_secret=doubles.webhook.secret,
                 )
-                world = World(server, doubles, env, pin, workdir, speech_path)
+                world = World(
+                    server, doubles, env, pin, workdir, speech_path, worker_env={"JOB_EXECUTOR": args.worker_executor}
+                )
                 if args.profile:
                     report["profile"] = profile(
                         world,
@@ -1407,7 +1425,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 agents: dict[Impl, Agents] = {}
                 try:
                     for impl in IMPLS:
-                        agents[impl] = start_agent(impl, env, doubles, pin, workdir)
+                        agents[impl] = start_agent(
+                            impl, env, doubles, pin, workdir, **(world.worker_env if impl == "worker" else {})
+                        )
                     world.stock_agent_name = agents["stock"].stock.agent_name  # type: ignore[union-attr]  # started just above
                     report["voice_to_voice"] = voice_to_voice(
                         world, agents, rounds=args.rounds, turns=args.turns, deduct_ms=deduct
@@ -1517,6 +1537,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--density-turns", type=int, help="density: turns per call (default 2; short 1)")
     parser.add_argument("--stagger", type=float, help="density: seconds over which a level's calls start")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the workers to a core of their own")
+    parser.add_argument(
+        "--worker-executor",
+        choices=["thread", "process"],
+        default="thread",
+        help="the worker's JOB_EXECUTOR (default thread, as deploy/k8s runs it)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the processes' logs (the JSON says where)")
     parser.add_argument(
         "--profile", type=int, metavar="CALLS", help="only profile the worker holding CALLS calls (py-spy, GC)"
