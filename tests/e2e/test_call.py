@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import psutil
 import pytest
 
 from records.outcome import SummaryState
@@ -73,6 +74,13 @@ async def test_call_with_cli_token(
     # the call's loop was uvloop's, the default (worker/event_loop.py), installed before its job process made it
     started = [r["message"] for r in worker.log_records() if str(r.get("message", "")).startswith("call started")]
     assert started and all(message.endswith(" on uvloop") for message in started), started
+    # the call's job process was forked from a forkserver that had imported the call path already (shared pages)
+    forkservers = [
+        " ".join(child.cmdline())
+        for child in psutil.Process(worker.process.pid).children(recursive=True)
+        if "multiprocessing.forkserver" in " ".join(child.cmdline())
+    ]
+    assert forkservers and "'worker.server'" in forkservers[0], forkservers
 
     # context variables and the session type, from the signed token, reached the agent's instructions
     prompts = _requests_naming(doubles, name)
