@@ -44,6 +44,7 @@ import httpx
 import psutil
 import yaml
 
+from benchmarks import generated_block
 from door.keys import hash_api_key
 
 CONCURRENCY = 50
@@ -419,28 +420,17 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def readme_block(report: dict[str, Any]) -> str:
     figures = {key: report[key] for key in ("command", "machine", "goal", "results")}
-    return "\n".join([BEGIN, f"<!-- {json.dumps(figures, sort_keys=True)} -->", "", render_markdown(figures), "", END])
+    return generated_block.block(BEGIN, END, figures, render_markdown(figures))
 
 
 def readme_figures(text: str) -> tuple[dict[str, Any], str] | None:
     """(the run embedded in the README block, the table and verdict the block shows), or None without a block."""
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < 0:
-        return None
-    lines = text[start:end].splitlines()
-    if len(lines) < 3:  # the markers without figures between them
-        return None
-    figures = json.loads(lines[1].removeprefix("<!-- ").removesuffix(" -->"))
-    return figures, "\n".join(lines[3:]).strip()
+    return generated_block.read(text, BEGIN, END)
 
 
 def update_readme(source: Path) -> None:
     report = json.loads(source.read_text())
-    text = README.read_text()
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < 0:
-        raise SystemExit("README.md has no door figures block to replace")
-    README.write_text(text[:start] + readme_block(report) + text[end + len(END) :])
+    generated_block.replace(README, BEGIN, END, readme_block(report), what="door figures")
 
 
 # -- main ---------------------------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs, and types-psutil is n
 import yaml
 from aiohttp import web
 
+from benchmarks import generated_block
 from benchmarks.simulator import percentile
 from contract.session_type import SessionType
 from tests.doubles.deepgram_server import DeepgramServerDouble, ListenSession, Utterance, _ListenConnection
@@ -1486,28 +1487,12 @@ END = "<!-- end of real-server figures -->"
 
 
 def readme_block(s: dict[str, Any]) -> str:
-    return "\n".join(
-        [
-            BEGIN + "benchmarks/results/real_server.json) -->",
-            f"<!-- {json.dumps(s, sort_keys=True)} -->",
-            "",
-            render_markdown(s),
-            "",
-            END,
-        ]
-    )
+    return generated_block.block(BEGIN + "benchmarks/results/real_server.json) -->", END, s, render_markdown(s))
 
 
 def readme_figures(text: str) -> tuple[dict[str, Any], str] | None:
     """(the figures embedded in the README block, the table the block shows), or None without a block."""
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < 0:
-        return None
-    lines = text[start:end].splitlines()
-    if len(lines) < 3:  # the markers without figures between them
-        return None
-    figures = json.loads(lines[1].removeprefix("<!-- ").removesuffix(" -->"))
-    return figures, "\n".join(lines[3:]).strip()
+    return generated_block.read(text, BEGIN, END)
 
 
 def update_readme(source: Path) -> None:
@@ -1515,11 +1500,7 @@ def update_readme(source: Path) -> None:
     report = json.loads(source.read_text())
     if report.get("short"):
         raise SystemExit(f"{source} is a --short run: its figures do not go in the README")
-    text = README.read_text()
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < 0:
-        raise SystemExit("README.md has no real-server block to replace")
-    README.write_text(text[:start] + readme_block(report["summary"]) + text[end + len(END) :])
+    generated_block.replace(README, BEGIN, END, readme_block(report["summary"]), what="real-server")
 
 
 # -- main ---------------------------------------------------------------------------------------------------
