@@ -344,10 +344,7 @@ def start_agent(
     try:
         if agents.worker is not None:
             agents.worker.wait_ready()
-            while not agents.worker.available():
-                if time.monotonic() - spawned > 60:
-                    raise RuntimeError(f"worker reports itself full:\n{agents.worker.log_tail()}")
-                time.sleep(0.05)
+            agents.worker.wait_available(stable_s=0.0)
             agents.ready_s = time.monotonic() - spawned
             # not timed, as stock's warm-up sleep below is not: its load reports say it takes calls 3 s in a row
             agents.worker.wait_available()

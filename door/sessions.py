@@ -22,7 +22,7 @@ import anyio.to_thread
 import sqlalchemy as sa
 
 from contract.session_type import SessionType
-from door.database import Database, Statement, Steps
+from door.database import Database, Statement, Steps, is_postgresql
 from door.settings import DoorSettings
 from records.schema import sessions
 from records.store import SessionStore, check_same_session, created_session_values
@@ -72,11 +72,10 @@ def default_session_creator(settings: DoorSettings) -> SessionCreator:
     upgrade(settings.database_url)
     if settings.database_url.startswith("sqlite"):
         return OneWriterAtATime(SessionWriter(Database(_sqlite_engine_without_commit_fsync(settings.database_url))))
-    from records.engine import create_engine
+    if is_postgresql(settings.database_url):
+        from records.engine import create_engine
 
-    engine = create_engine(settings.database_url)
-    if engine.dialect.name == "postgresql":
-        return SessionWriter(Database(engine))
+        return SessionWriter(Database(create_engine(settings.database_url)))
     store: SessionCreator = SessionStore.from_settings(settings)
     return store
 
