@@ -45,6 +45,7 @@ import psutil
 import yaml
 
 from benchmarks import generated_block
+from benchmarks.baseline import checkout
 from door.keys import hash_api_key
 
 CONCURRENCY = 50
@@ -342,14 +343,6 @@ class _Postgres:
             self._cluster.stop()
 
 
-def _checkout(rev: str) -> Path:
-    """REV's tracked files in a temporary directory (its code, run with this virtualenv)."""
-    into = Path(tempfile.mkdtemp(prefix="door-baseline-"))
-    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def _door_argv(code: Path | None, voice_worker: Path) -> list[str]:
     """`voice-worker door`, from the working tree or from another checkout's code (its own entry point)."""
     if code is None:
@@ -473,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         "door-postgresql": _Postgres(args.postgres_url, durable=False),
         "door-postgresql-durable": _Postgres(None, durable=True),
     }
-    baseline = _checkout(args.baseline) if args.baseline else None
+    baseline = checkout(args.baseline) if args.baseline else None
     runs: list[tuple[str, str, Path | None]] = []
     for target in args.targets.split(","):
         if baseline is not None and target != "ceiling":

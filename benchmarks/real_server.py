@@ -66,6 +66,7 @@ import yaml
 from aiohttp import web
 
 from benchmarks import generated_block
+from benchmarks.cold_start import IMPORT_FLOOR
 from benchmarks.simulator import percentile
 from contract.session_type import SessionType
 from tests.doubles.deepgram_server import DeepgramServerDouble, ListenSession, Utterance, _ListenConnection
@@ -297,6 +298,18 @@ class StockWorker:
     def stop(self, timeout: float = 30.0) -> None:
         terminate(self.process, timeout)
         self._log.close()
+
+
+def import_floor(pin: Pinning, runs: int) -> dict[str, Any]:
+    """Seconds for a fresh interpreter on the workers' core to import livekit-agents and the three plugins the
+    example pipelines use, and exit: no agent starts faster than this on the same core."""
+    times = []
+    for _ in range(runs):
+        with affinity(pin.worker_cpus):
+            start = time.monotonic()
+            subprocess.run([sys.executable, "-c", IMPORT_FLOOR], check=True, cwd=ROOT)
+            times.append(time.monotonic() - start)
+    return {"p50": round(percentile(times, 50), 2), "max": round(max(times), 2), "runs": runs}
 
 
 @dataclass
@@ -1194,6 +1207,8 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
             out["cold_start_s"] = {
                 impl: {"p50": percentile(v, 50), "max": max(v), "starts": len(v)} for impl, v in ready.items()
             }
+            if report.get("import_floor_s"):
+                out["cold_start_s"]["import_floor"] = report["import_floor_s"]
         for impl in IMPLS:
             sweep = dens["sweeps"][impl]
             held = sweep["calls_held"]
@@ -1295,6 +1310,14 @@ def render_markdown(s: dict[str, Any]) -> str:
                 f"{s_cold['p50']:.2f} s (max {s_cold['max']:.2f}, {s_cold['starts']} starts); goal (issue #21) "
                 f"<= 1.5 s for the worker: {'met' if w_cold['p50'] <= 1.5 else '**missed**'}.",
             ]
+            floor = cold.get("import_floor")
+            if floor:
+                lines[-1] += (
+                    f' Importing livekit-agents and its three plugins alone (`python -c "{IMPORT_FLOOR}"`, same '
+                    f"core) takes {floor['p50']:.2f} s p50 ({floor['runs']} runs): the floor under any agent built on "
+                    f"them; the worker's start is {w_cold['p50'] - floor['p50']:.2f} s above it, stock's "
+                    f"{s_cold['p50'] - floor['p50']:.2f} s."
+                )
         goal = s["density_goal"]
         verdict = "met" if goal["met"] else "**missed**"
         lines += [
@@ -1448,6 +1471,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                     for running in agents.values():
                         running.stop()
                 report["density_fresh_agent_per_level"] = not args.short
+                if report.get("density"):
+                    report["import_floor_s"] = import_floor(pin, runs=2 if args.short else 5)
                 report["livekit_server_alive"] = server.alive()
         finally:
             doubles.stop()

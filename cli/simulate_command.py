@@ -10,12 +10,14 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from cli.common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, load_cli_settings
-from simulations.results import ScenarioResult
-from simulations.scenario import ScenarioFile
-from simulations.suite import Runner, run_all
+
+if TYPE_CHECKING:  # imported when a simulation runs: `voice-worker start` parses this module's options too
+    from simulations.results import ScenarioResult
+    from simulations.scenario import ScenarioFile
+    from simulations.suite import Runner
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,6 +75,8 @@ def simulate(args: argparse.Namespace) -> int:
 
 
 async def _run(files: list[ScenarioFile], runner: Runner, parallel: int, err: TextIO) -> list[ScenarioResult]:
+    from simulations.suite import run_all
+
     total = len(files)
     print(f"simulating {total} scenario(s), {parallel} at a time", file=err, flush=True)
 

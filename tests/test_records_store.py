@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -122,6 +123,33 @@ async def test_concurrent_upgrades_both_succeed(database_url: str) -> None:  # n
         asyncio.to_thread(migrate.upgrade, database_url), asyncio.to_thread(migrate.upgrade, database_url)
     )
     assert migrate.current_revision(database_url) == migrate.head_revision()
+
+
+def test_head_is_alembics_head() -> None:
+    # start-up skips alembic when the database is stamped HEAD: a migration added without moving HEAD would
+    # never run on a database that was current before it
+    assert migrate.head_revision() == migrate.HEAD
+
+
+async def test_an_older_schema_is_brought_to_head_and_a_current_one_without_importing_alembic(
+    database_url: str,  # noqa: F811 - the fixture imported above
+) -> None:
+    await asyncio.to_thread(migrate.upgrade, database_url, "0003_outbox_parking")
+    await asyncio.to_thread(migrate.upgrade, database_url)
+    assert migrate.current_revision(database_url) == migrate.HEAD
+    # a fresh interpreter, as a worker's start: the database is current, so alembic stays unimported
+    probe = (
+        "import sys\n"
+        "from records import migrate\n"
+        f"migrate.upgrade({database_url!r})\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+    )
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", probe, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await done.communicate()
+    assert done.returncode == 0, err.decode()
+    assert out.decode().strip() == "[]"
 
 
 async def test_door_created_session_round_trips_through_start_and_completion(store: SessionStore) -> None:

@@ -90,3 +90,26 @@ def test_the_warm_up_runs_once_per_process_and_catalog(tmp_path: Path) -> None:
     assert _first_setup(tmp_path) is True
     assert _first_setup(tmp_path) is False
     assert _first_setup(tmp_path / "other") is True
+
+
+async def test_the_webhook_client_uses_the_process_tls_context(tmp_path: Path) -> None:
+    # one CA bundle load per process: a context of its own cost every worker start 50-80 ms of its setup
+    from pipelines.http_clients import tls_context
+    from worker.services import build_process_services
+
+    settings = Settings(
+        _env_file=None,
+        CATALOG_PATH=str(EXAMPLES),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'records.db'}",
+        POSTCALL_WEBHOOK_URL="https://hooks.example.test/calls",
+        POSTCALL_WEBHOOK_SECRET="webhook-secret-for-tests-0123456789",
+        OPENAI_API_KEY="sk-test-not-real",
+        DEEPGRAM_API_KEY="dg-test-not-real",
+    )
+    services = build_process_services(settings)
+    assert services.delivery is not None
+    try:
+        assert services.delivery._client._transport._pool._ssl_context is tls_context()
+    finally:
+        await services.delivery.aclose()
+        await services.store.aclose()

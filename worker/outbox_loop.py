@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 
+from pipelines.http_clients import tls_context
 from postcall.outbox import OutboxDelivery
 from records.store import SessionStore
 from telemetry import metrics
@@ -43,7 +44,11 @@ class OutboxLoop:
         settings = self._settings
         self._store = SessionStore.from_settings(settings)
         self._delivery = OutboxDelivery.from_settings(
-            self._store, settings, on_attempt=metrics.webhook_attempt, on_parked=metrics.webhook_parked
+            self._store,
+            settings,
+            verify=tls_context(),
+            on_attempt=metrics.webhook_attempt,
+            on_parked=metrics.webhook_parked,
         )
         assert self._delivery is not None
         self._tasks = [

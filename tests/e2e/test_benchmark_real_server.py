@@ -76,5 +76,9 @@ def test_short_real_server_run(test_network: None, livekit_binary: None, tmp_pat
         assert 0 < level["agent_pss_idle_mb"] <= level["agent_pss_peak_mb"]
         assert level["agent_rss_idle_mb"] >= level["agent_pss_idle_mb"] * 0.5
 
+    # the cold start's floor: a fresh interpreter importing livekit-agents and the plugins on the workers' core
+    floor = report["import_floor_s"]
+    assert floor["runs"] == 2 and 0 < floor["p50"] <= floor["max"] < 30, floor
+
     table = real_server.render_markdown(report["summary"])
     assert table in proc.stdout
