@@ -11,6 +11,7 @@ on: the next line tries again. An empty line or Ctrl-D ends the call with exit 0
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import sys
 import threading
@@ -38,6 +39,8 @@ EXIT_OK, EXIT_REFUSED = 0, 3
 # A person at the terminal decides when to give up, not livekit's default of closing the session after three
 # consecutive provider failures (which left every later line unanswered).
 _CONSOLE_MAX_UNRECOVERABLE_ERRORS = 1_000_000
+# Ctrl-C ends the call in order within this; a session still closing then is left to asyncio.run's cancellation
+CTRL_C_GRACE_S = 5.0
 
 
 def text_session_kwargs(settings: Settings) -> Callable[[VoicePipelineConfig], dict[str, Any]]:
@@ -188,18 +191,26 @@ async def run_console(
         report()  # a greeting the LLM had to write may have failed already
         print("(type a message; an empty line or Ctrl-D ends the call)", file=err)
         queue = lines or _stdin_lines()
-        while True:
-            line = await queue.get()
-            if not line:
-                break
-            try:
-                result: RunResult[None] = await call.session.run(user_input=line)
-            except Exception as exc:  # any provider error leaves the conversation usable
-                failures.note(exc)
-            else:
-                if any(isinstance(e, ChatMessageEvent) and e.item.role == "assistant" for e in result.events):
-                    failures.forget()
-            report()
+        try:
+            while True:
+                line = await queue.get()
+                if not line:
+                    break
+                try:
+                    result: RunResult[None] = await call.session.run(user_input=line)
+                except Exception as exc:  # any provider error leaves the conversation usable
+                    failures.note(exc)
+                else:
+                    if any(isinstance(e, ChatMessageEvent) and e.item.role == "assistant" for e in result.events):
+                        failures.forget()
+                report()
+        except asyncio.CancelledError:
+            # Ctrl-C (asyncio.run cancels this task): end the call as Ctrl-D does, so the session stops its own
+            # tasks (a failed model chain's recovery attempts among them) before asyncio.run cancels whatever is
+            # left; bounded, because the operator is leaving
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call.finish(reason="user_requested"), CTRL_C_GRACE_S)
+            raise
         await call.finish(reason="user_requested")
     return EXIT_OK
 

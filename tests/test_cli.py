@@ -181,6 +181,44 @@ async def test_console_holds_a_text_conversation(capsys):
     assert any(c.last_user_text == "how long do refunds take?" for c in fake.calls)
 
 
+async def test_ctrl_c_in_the_console_ends_the_call_as_ctrl_d_does(capsys):
+    # Ctrl-C is asyncio.run cancelling the console's task: the call ends in order (its session closed by the call,
+    # not left to the blanket cancellation of every task), and the cancellation goes on up to asyncio.run
+    from prometheus_client import REGISTRY
+
+    def ended() -> float:
+        labels = {"session_type": "test", "end_reason": "user_requested"}
+        return REGISTRY.get_sample_value("voice_worker_calls_total", labels) or 0.0
+
+    settings = Settings(_env_file=None, VOICE_WORKER_MODE="dev", **KEYS)
+    fake = FakeLLM(lambda chat_ctx, tools: Reply(text="Refunds take five days."))
+    services = CallServices(
+        settings=settings, catalog=CatalogStore(EXAMPLE_CATALOG), session_kwargs=lambda _: {"llm": fake}
+    )
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    lines.put_nowait("how long do refunds take?")
+    before = ended()
+    console = asyncio.create_task(
+        run_console(
+            settings,
+            agent_id=uuid.UUID(SUPPORT),
+            team_id=None,
+            seeds={"customer_name": "Dana"},
+            services=services,
+            lines=lines,
+        )
+    )
+    async with asyncio.timeout(30):
+        while not lines.empty() or not any(c.last_user_text == "how long do refunds take?" for c in fake.calls):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # the reply printed, the console waits for the next line
+    console.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await console
+    assert ended() == before + 1
+    assert "agent> Refunds take five days." in capsys.readouterr().out
+
+
 def test_unreachable_livekit_is_one_clear_line_and_the_worker_keeps_retrying():
     url = f"ws://127.0.0.1:{free_port()}"
     env = {**os.environ, "LIVEKIT_URL": url, "HEALTH_HOST": "127.0.0.1", "HEALTH_PORT": "0", **KEYS}
