@@ -377,15 +377,22 @@ def test_console_after_a_failed_turn_ends_on_ctrl_c_and_ctrl_d_with_exit_0(
     settings_names = {str(field.validation_alias) for field in Settings.model_fields.values()}
     env = {name: value for name, value in os.environ.items() if name not in settings_names}
     env.update(KEYS, VOICE_WORKER_MODE="dev", OPENAI_BASE_URL=f"http://127.0.0.1:{unused_port}/v1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "console", "--agent-id", SUPPORT, "--var", "customer_name=Dana"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    # Started as a terminal starts its foreground job, with Ctrl-C's default action. A child inherits an ignored
+    # SIGINT, and a test run started in the background of a non-interactive shell (`.ci/run &`) ignores it: the
+    # console then ignored Ctrl-C too, which is what it should do there, and this test waited 120 s for it.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "console", "--agent-id", SUPPORT, "--var", "customer_name=Dana"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert proc.stdin is not None and proc.stderr is not None
     lines: queue.Queue[str] = queue.Queue()
     stderr = proc.stderr
