@@ -66,7 +66,7 @@ import yaml
 from aiohttp import web
 
 from benchmarks import generated_block
-from benchmarks.cold_start import IMPORT_FLOOR
+from benchmarks.cold_start import IMPORT_FLOOR, import_floor_s
 from benchmarks.simulator import percentile
 from contract.session_type import SessionType
 from tests.doubles.deepgram_server import DeepgramServerDouble, ListenSession, Utterance, _ListenConnection
@@ -301,14 +301,9 @@ class StockWorker:
 
 
 def import_floor(pin: Pinning, runs: int) -> dict[str, Any]:
-    """Seconds for a fresh interpreter on the workers' core to import livekit-agents and the three plugins the
-    example pipelines use, and exit: no agent starts faster than this on the same core."""
-    times = []
-    for _ in range(runs):
-        with affinity(pin.worker_cpus):
-            start = time.monotonic()
-            subprocess.run([sys.executable, "-c", IMPORT_FLOOR], check=True, cwd=ROOT)
-            times.append(time.monotonic() - start)
+    """benchmarks/cold_start.py's import floor, timed on the workers' core: no agent starts faster than this there."""
+    with affinity(pin.worker_cpus):
+        times = [import_floor_s(Path(sys.prefix)) for _ in range(runs)]
     return {"p50": round(percentile(times, 50), 2), "max": round(max(times), 2), "runs": runs}
 
 

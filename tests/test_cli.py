@@ -12,7 +12,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 from livekit import api
@@ -151,6 +153,20 @@ def test_inspect_dispatch_round_trip(capsys, monkeypatch):
     }
 
 
+def _support_console(
+    settings: Settings, services: CallServices, lines: asyncio.Queue[str | None]
+) -> Coroutine[Any, Any, int]:
+    """The console with the example support agent and Dana as the caller, reading `lines`."""
+    return run_console(
+        settings,
+        agent_id=uuid.UUID(SUPPORT),
+        team_id=None,
+        seeds={"customer_name": "Dana"},
+        services=services,
+        lines=lines,
+    )
+
+
 async def test_console_holds_a_text_conversation(capsys):
     settings = Settings(_env_file=None, VOICE_WORKER_MODE="dev", **KEYS)
 
@@ -166,14 +182,7 @@ async def test_console_holds_a_text_conversation(capsys):
     lines: asyncio.Queue[str | None] = asyncio.Queue()
     for line in ("how long do refunds take?", ""):
         lines.put_nowait(line)
-    code = await run_console(
-        settings,
-        agent_id=uuid.UUID(SUPPORT),
-        team_id=None,
-        seeds={"customer_name": "Dana"},
-        services=services,
-        lines=lines,
-    )
+    code = await _support_console(settings, services, lines)
     out = capsys.readouterr().out
     assert code == 0
     assert "agent> Hi Dana, thanks for calling Acme support. How can I help?" in out
@@ -198,16 +207,7 @@ async def test_ctrl_c_in_the_console_ends_the_call_as_ctrl_d_does(capsys):
     lines: asyncio.Queue[str | None] = asyncio.Queue()
     lines.put_nowait("how long do refunds take?")
     before = ended()
-    console = asyncio.create_task(
-        run_console(
-            settings,
-            agent_id=uuid.UUID(SUPPORT),
-            team_id=None,
-            seeds={"customer_name": "Dana"},
-            services=services,
-            lines=lines,
-        )
-    )
+    console = asyncio.create_task(_support_console(settings, services, lines))
     async with asyncio.timeout(30):
         while not lines.empty() or not any(c.last_user_text == "how long do refunds take?" for c in fake.calls):
             await asyncio.sleep(0.05)
